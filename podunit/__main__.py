@@ -1,0 +1,5 @@
+import sys
+
+from podunit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,245 @@
+"""Pod lifecycle operations: run, status, stop, rm, gc. The CLI wires these.
+
+Everything here is a short-lived client: it compiles, asks systemd, reads the
+runtime dir, and exits. systemd owns the pod in between.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from podunit.errors import PodStateError, SystemdError
+from podunit.paths import runtime_dir, state_dir
+from podunit.plan import PodPlan
+from podunit.state import (
+    PodStatus,
+    app_status,
+    list_pod_names,
+    plan_file,
+    pod_state,
+    read_plan,
+    write_plan,
+)
+from podunit.systemd.bus import SERVICE_IFACE, Bus
+from podunit.systemd.units import Stage1Command, Unit, compile_pod
+
+TERMINAL = ("exited", "failed")
+
+
+def stage1_command() -> Stage1Command:
+    """Run stage1 with this interpreter; point it at this copy of podunit
+    when that copy is not installed where the interpreter looks anyway."""
+    import podunit
+
+    package_parent = str(Path(podunit.__file__).resolve().parent.parent)
+    env = []
+    if not package_parent.endswith(("site-packages", "dist-packages")):
+        env.append(f"PYTHONPATH={package_parent}")
+    for var in ("PODUNIT_RUNTIME_DIR", "PODUNIT_STATE_DIR"):
+        if os.environ.get(var):
+            env.append(f"{var}={os.environ[var]}")
+    return Stage1Command((sys.executable, "-m", "podunit.stage1"), tuple(env))
+
+
+def pod_units(plan: PodPlan) -> list[str]:
+    return [plan["sandbox_unit"]] + [a["unit"] for a in plan["init_apps"] + plan["apps"]]
+
+
+def start_pod(bus: Bus, plan: PodPlan) -> None:
+    """Record the plan, start all units in one transaction, wait for every
+    start job; on any failure, explain it and leave nothing behind."""
+    if plan_file(plan["name"]).exists():
+        raise PodStateError(f'a pod named "{plan["name"]}" exists already (podunit rm it first)')
+    write_plan(plan)
+    units = compile_pod(plan, stage1_command())
+    bus.subscribe()
+    try:
+        bus.start_transient_unit(units[0], aux=units[1:], mode="fail")
+        results = bus.wait_for_units_jobs(pod_units(plan))
+    except BaseException:
+        remove_pod(bus, plan, force=True)
+        raise
+    failed = {u: r for u, r in results.items() if r != "done"}
+    if failed:
+        message = explain_failure(bus, plan, failed)
+        remove_pod(bus, plan, force=True)
+        raise SystemdError(message)
+
+
+def explain_failure(bus: Bus, plan: PodPlan, failed: dict[str, str]) -> str:
+    lines = [f'pod "{plan["name"]}" failed to start:']
+    for unit, job_result in sorted(failed.items()):
+        try:
+            result = bus.unit_properties(unit, SERVICE_IFACE).get("Result", "")
+        except SystemdError:
+            result = ""
+        if job_result == "dependency":
+            lines.append(f"  {unit}: not started, a unit it needs failed")
+            continue
+        lines.append(f"  {unit}: job {job_result}, result {result or 'unknown'}")
+        lines += [f"    | {line}" for line in journal_excerpt(unit)]
+    return "\n".join(lines)
+
+
+def journal_excerpt(unit: str, lines: int = 15) -> list[str]:
+    from podunit.run import CommandError, run
+
+    try:
+        out = run(
+            ["journalctl", "--no-pager", "-q", "-o", "cat", "-n", str(lines), "-u", unit],
+            capture=True,
+            timeout=10,
+        )
+    except CommandError:
+        return []
+    return out.stdout.decode(errors="replace").splitlines()
+
+
+def pod_status(bus: Bus, name: str) -> PodStatus:
+    plan = read_plan(name)
+    try:
+        sandbox = bus.unit_properties(plan["sandbox_unit"]).get("ActiveState", "inactive")
+    except SystemdError:
+        sandbox = "inactive"
+    statuses = {}
+    for app in plan["init_apps"] + plan["apps"]:
+        unit = _props_or_none(bus, app["unit"], "org.freedesktop.systemd1.Unit")
+        service = _props_or_none(bus, app["unit"], SERVICE_IFACE) if unit else None
+        statuses[app["name"]] = app_status(plan, app, unit, service)
+    apps = [statuses[a["name"]] for a in plan["apps"]]
+    inits = [statuses[a["name"]] for a in plan["init_apps"]]
+    return PodStatus(
+        name=name,
+        state=pod_state(sandbox, apps, inits),
+        uid=plan["uid"],
+        created=plan["created"],
+        source=plan["source"],
+        sandbox_unit=plan["sandbox_unit"],
+        slice=plan["slice"],
+        apps=apps,
+        init_apps=inits,
+    )
+
+
+def _props_or_none(bus: Bus, unit: str, interface: str) -> dict[str, object] | None:
+    try:
+        props = bus.unit_properties(unit, interface)
+    except SystemdError:
+        return None
+    return props
+
+
+def list_pods(bus: Bus) -> list[PodStatus]:
+    return [pod_status(bus, name) for name in list_pod_names()]
+
+
+def wait_for_pod(bus: Bus, name: str) -> PodStatus:
+    """Block until every app has finished for good (no restart pending)."""
+    bus.subscribe()
+    result: list[PodStatus] = []
+
+    def finished() -> bool:
+        status = pod_status(bus, name)
+        result[:] = [status]
+        return all(a.state in TERMINAL for a in status.apps) or status.state == "failed"
+
+    bus.wait_until(finished)
+    return result[0]
+
+
+def first_failure_code(status: PodStatus) -> int:
+    """Exit code of `run --wait`: the first failing app's (init containers
+    first, then apps in manifest order), 0 when all succeeded."""
+    for app in status.init_apps + status.apps:
+        if app.state == "failed":
+            return app.exit_code if app.exit_code not in (None, 0) else 1
+    return 0
+
+
+def stop_pod(bus: Bus, name: str, timeout: float | None = None) -> None:
+    plan = read_plan(name)
+    bus.subscribe()
+    if timeout is not None:
+        from podunit.systemd.units import Property
+
+        for app in plan["init_apps"] + plan["apps"]:
+            try:
+                bus.set_unit_properties(app["unit"], [Property("TimeoutStopUSec", "t", int(timeout * 1e6))])
+            except SystemdError:
+                pass  # unit not loaded: nothing to stop
+    job = bus.stop_unit(plan["sandbox_unit"])
+    bus.wait_for_jobs([job])
+
+
+def remove_pod(bus: Bus, plan: PodPlan, *, force: bool) -> None:
+    """Stop (with force), forget failed units, unmount and delete every file."""
+    name = plan["name"]
+    if not force:
+        status = pod_status(bus, name)
+        if status.state == "running":
+            raise PodStateError(f'pod "{name}" is running: stop it first or use --force')
+    try:
+        stop_pod(bus, name)
+    except SystemdError:
+        pass
+    try:
+        # A transient slice stays active after its last unit: stop it too.
+        bus.wait_for_jobs([bus.stop_unit(plan["slice"])])
+    except SystemdError:
+        pass
+    reset_failed(bus, pod_units(plan) + [plan["slice"]])
+    from podunit.stage1.sandbox import pod_down
+
+    pod_down(name)
+    shutil.rmtree(plan["runtime_dir"], ignore_errors=True)
+    shutil.rmtree(plan["state_dir"], ignore_errors=True)
+
+
+def reset_failed(bus: Bus, units: Iterable[str]) -> None:
+    for unit in units:
+        try:
+            bus.reset_failed_unit(unit)
+        except SystemdError:
+            pass  # not loaded or not failed: nothing to forget
+
+
+def garbage_collect(bus: Bus) -> list[str]:
+    """Remove finished pods, and leftovers of pods that have no record (a
+    crash or reboot between steps). Returns what was removed."""
+    removed = []
+    for name in list_pod_names():
+        status = pod_status(bus, name)
+        if status.state in ("exited", "failed", "created"):
+            sandbox = bus.unit_properties(status.sandbox_unit).get("ActiveState")
+            if sandbox in ("active", "activating"):
+                continue
+            remove_pod(bus, read_plan(name), force=True)
+            removed.append(name)
+    known = set(list_pod_names())
+    for base in (state_dir() / "pods", runtime_dir() / "pods"):
+        for orphan in sorted(base.glob("*")) if base.exists() else []:
+            if orphan.name not in known and _no_units_active(bus, orphan.name):
+                from podunit.stage1.sandbox import pod_down
+
+                pod_down(orphan.name)
+                shutil.rmtree(orphan, ignore_errors=True)
+                removed.append(f"{orphan} (orphan)")
+    return removed
+
+
+def _no_units_active(bus: Bus, name: str) -> bool:
+    from podunit.systemd.names import sandbox_unit
+
+    try:
+        state = bus.unit_properties(sandbox_unit(name)).get("ActiveState", "inactive")
+    except SystemdError:
+        return True
+    return state in ("inactive", "failed")
+
+
+def compile_units(plan: PodPlan) -> list[Unit]:
+    return compile_pod(plan, stage1_command())

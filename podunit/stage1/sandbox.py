@@ -1,0 +1,192 @@
+"""pod-up / pod-down: the pod's shared namespaces, files and volumes.
+
+pod-up runs as the sandbox unit's ExecStart, in the host's mount namespace.
+It unshares the pod's UTS, IPC and network namespaces in its own process and
+bind-mounts `/proc/self/ns/*` onto files under `RUNTIME/pods/NAME/ns/`: a
+bind mount keeps a namespace alive with no process in it, so apps can be
+restarted (or all be stopped) without losing the pod's network or IPC, and no
+podunit process stays resident. A shared PID namespace is the exception: it
+dies with its init, so `shareProcessNamespace` pods keep a tiny pause process
+(catatonit, as podman uses) in the sandbox unit.
+
+pod-down (ExecStopPost, so it also runs after a failed or killed start)
+undoes all of it and is idempotent.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from podunit.kernel import syscalls as sc
+from podunit.stage1.common import fail, load_plan, mkdirs, runtime_dir
+
+if TYPE_CHECKING:
+    from podunit.plan import PodPlan
+
+NAMESPACES = {"uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC, "net": sc.CLONE_NEWNET}
+PAUSE_BINARIES = ("/usr/bin/catatonit", "/usr/libexec/podman/catatonit")
+SHM_OPTIONS = "mode=1777,size=65536k"
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def pod_up(pod: str) -> int:
+    plan = load_plan(pod)
+    pod_dir = Path(plan["runtime_dir"])
+    for app in plan["init_apps"] + plan["apps"]:
+        mkdirs(pod_dir / "apps" / app["name"] / "rootfs")
+    write_pod_files(plan["hostname"], pod_dir / "etc", host_network=plan["host_network"])
+    if not plan["host_ipc"]:
+        mount_tmpfs(pod_dir / "shm", SHM_OPTIONS)
+    for volume in plan["volumes"]:
+        if volume["kind"] == "memory":
+            size = f",size={volume['size']}" if volume["size"] else ""
+            mount_tmpfs(Path(volume["path"]), f"mode=0777{size}")
+        elif volume["kind"] == "disk":
+            mkdirs(volume["path"], 0o777)
+            os.chmod(volume["path"], 0o777)  # emptyDir is world-writable in Kubernetes
+    kinds = [k for k in NAMESPACES if not _uses_host(plan, k)]
+    create_namespaces(pod_dir / "ns", kinds, plan["hostname"])
+    if plan["share_pid"]:
+        start_pause_process(pod_dir / "ns")
+    return 0
+
+
+def _uses_host(plan: PodPlan, kind: str) -> bool:
+    return plan["host_network"] if kind in ("uts", "net") else plan["host_ipc"]
+
+
+def write_pod_files(hostname: str, etc: Path, *, host_network: bool) -> None:
+    mkdirs(etc)
+    if host_network:
+        hostname = socket.gethostname()
+        hosts = _read("/etc/hosts")
+    else:
+        hosts = (
+            "127.0.0.1\tlocalhost\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"127.0.1.1\t{hostname}\n"
+        )
+    _write_atomic(etc / "hostname", f"{hostname}\n")
+    _write_atomic(etc / "hosts", hosts)
+    _write_atomic(etc / "resolv.conf", pod_resolv_conf(_read("/etc/resolv.conf")))
+
+
+def pod_resolv_conf(host: str) -> str:
+    """The host's resolv.conf without loopback name servers: a stub resolver
+    on the host's 127.0.0.53 is unreachable from the pod's network."""
+    lines = []
+    for line in host.splitlines():
+        words = line.split()
+        if words[:1] == ["nameserver"] and len(words) > 1:
+            if words[1].startswith("127.") or words[1] == "::1":
+                continue
+        lines.append(line)
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def mount_tmpfs(path: Path, options: str) -> None:
+    mkdirs(path)
+    if os.path.ismount(path):
+        return
+    sc.mount("tmpfs", str(path), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, options)
+
+
+def create_namespaces(ns_dir: Path, kinds: list[str], hostname: str) -> None:
+    """Unshare `kinds` in this process, configure them, pin them to files."""
+    mkdirs(ns_dir)
+    flags = 0
+    for kind in kinds:
+        flags |= NAMESPACES[kind]
+    if not flags:
+        return
+    sc.unshare(flags)
+    if "uts" in kinds:
+        socket.sethostname(hostname)
+    if "net" in kinds:
+        bring_up_loopback()
+    for kind in kinds:
+        pin_namespace(f"/proc/self/ns/{kind}", ns_dir / kind)
+
+
+def pin_namespace(source: str, target: Path) -> None:
+    if not target.exists():
+        target.touch(mode=0o444)
+    if os.path.ismount(target):
+        return
+    sc.mount(source, str(target), None, sc.MS_BIND)
+
+
+def bring_up_loopback() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        import fcntl
+
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def start_pause_process(ns_dir: Path) -> None:
+    """Fork the init of the pod's shared PID namespace and pin that namespace."""
+    binary = next((b for b in PAUSE_BINARIES if os.access(b, os.X_OK)), None)
+    if binary is None:
+        fail("shareProcessNamespace needs catatonit (Debian package catatonit)")
+    sc.unshare(sc.CLONE_NEWPID)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            devnull = os.open("/dev/null", os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.execv(binary, [binary, "-P"])
+        finally:
+            os._exit(127)
+    pin_namespace(f"/proc/{pid}/ns/pid", ns_dir / "pid")
+
+
+def pod_down(pod: str) -> int:
+    pod_dir = runtime_dir() / "pods" / pod
+    try:
+        plan = load_plan(pod)
+    except FileNotFoundError:
+        plan = None
+    for ns in ("pid", "net", "ipc", "uts"):
+        _unmount(pod_dir / "ns" / ns)
+    _unmount(pod_dir / "shm")
+    for volume in plan["volumes"] if plan else []:
+        if volume["kind"] == "memory":
+            _unmount(Path(volume["path"]))
+    for path in (pod_dir / "ns", pod_dir / "shm", pod_dir / "volumes"):
+        shutil.rmtree(path, ignore_errors=True)
+    return 0
+
+
+def _unmount(path: Path) -> None:
+    """Detach every mount stacked on `path`; a missing mount is not an error."""
+    for _ in range(16):
+        try:
+            sc.umount(str(path), sc.MNT_DETACH | sc.UMOUNT_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOENT):
+                return
+            raise
