@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,7 +25,7 @@ from podunit.state import (
     read_plan,
     write_plan,
 )
-from podunit.systemd.bus import SERVICE_IFACE, Bus
+from podunit.systemd.bus import SERVICE_IFACE, Bus, JobTimeout
 from podunit.systemd.units import Stage1Command, Unit, compile_pod
 
 TERMINAL = ("exited", "failed")
@@ -161,18 +162,24 @@ def first_failure_code(status: PodStatus) -> int:
 
 
 def stop_pod(bus: Bus, name: str, timeout: float | None = None) -> None:
+    """Stop every app (SIGTERM, then SIGKILL after the grace period, which
+    `timeout` overrides), then the sandbox. systemd cannot change a running
+    unit's stop timeout, so a shorter `timeout` is enforced here by SIGKILL."""
     plan = read_plan(name)
     bus.subscribe()
-    if timeout is not None:
-        from podunit.systemd.units import Property
-
+    job = bus.stop_unit(plan["sandbox_unit"])
+    if timeout is None:
+        bus.wait_for_jobs([job])
+        return
+    try:
+        bus.wait_for_jobs([job], timeout=timeout)
+    except JobTimeout:
         for app in plan["init_apps"] + plan["apps"]:
             try:
-                bus.set_unit_properties(app["unit"], [Property("TimeoutStopUSec", "t", int(timeout * 1e6))])
+                bus.kill_unit(app["unit"], signal.SIGKILL)
             except SystemdError:
-                pass  # unit not loaded: nothing to stop
-    job = bus.stop_unit(plan["sandbox_unit"])
-    bus.wait_for_jobs([job])
+                pass  # already gone
+        bus.wait_for_jobs([job])
 
 
 def remove_pod(bus: Bus, plan: PodPlan, *, force: bool) -> None:

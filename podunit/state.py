@@ -138,7 +138,10 @@ def app_status(
         state = "running" if main_pid or app["init"] else "waiting"
     elif active == "activating":
         state = "running" if app["init"] and sub == "start" else "waiting"
-    elif last is None:
+    elif last is None or _has_pending_job(unit):
+        # Between two runs of a restarting app systemd shows it "inactive"
+        # for a moment, with the next start job already queued.
+        state = "waiting"
         state = "waiting"
     else:
         state = "exited" if exit_code == 0 and last[0] == "success" else "failed"
@@ -153,6 +156,11 @@ def app_status(
         restarts=restarts,
         result=str(svc.get("Result", "") or (last[0] if last else "")),
     )
+
+
+def _has_pending_job(unit: dict[str, Any] | None) -> bool:
+    job = unit.get("Job") if unit else None
+    return isinstance(job, (list, tuple)) and bool(job) and job[0] != 0
 
 
 def pod_state(sandbox_active: str, apps: list[AppStatus], init_apps: list[AppStatus]) -> str:

@@ -27,7 +27,9 @@ _DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{32,}"
 _PATH = rf"{_COMPONENT}(?:/{_COMPONENT})*"
-_NAMED_RE = re.compile(rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_PATH})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$")
+_NAMED_RE = re.compile(
+    rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_PATH})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$"
+)
 _TAG_RE = re.compile(rf"^{_TAG}$")
 SHA256_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 

@@ -31,7 +31,14 @@ from typing import TYPE_CHECKING
 from podunit.capabilities import CAPABILITIES, capability_mask
 from podunit.kernel import mounts as m
 from podunit.kernel import syscalls as sc
-from podunit.stage1.common import fail, load_plan, mkdirs, runtime_dir, sd_notify
+from podunit.stage1.common import (
+    fail,
+    load_plan,
+    mkdirs,
+    runtime_dir,
+    sd_notify,
+    sd_notify_barrier,
+)
 
 if TYPE_CHECKING:
     from podunit.plan import AppPlan, MountPlan, PodPlan
@@ -186,21 +193,34 @@ def _check_host_path_type(path: str, kind: str) -> None:
 
 
 def fork_app(plan: PodPlan, app: AppPlan, *, debug: bool) -> int:
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    """Fork the app and hand it the unit. The child reports on `status`:
+    b"S" once it is set up and about to exec, or an error text. It then waits
+    on `go` until systemd has *processed* MAINPID/READY (a notify barrier):
+    an app that exits within a millisecond must already be the main process,
+    or systemd would count that exit as a failed start."""
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
-        os.close(read_fd)
-        _child(plan, app, write_fd, debug=debug)  # never returns
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        error = pipe.read().decode(errors="replace")
+        os.close(status_r)
+        os.close(go_w)
+        _child(plan, app, status_w, go_r)  # never returns
+    os.close(status_w)
+    os.close(go_r)
+    with os.fdopen(status_r, "rb") as status:
+        first = status.read(1)
+        if first == b"S" and not app["init"]:
+            sd_notify(f"MAINPID={pid}\nREADY=1\n")
+            sd_notify_barrier()
+        os.close(go_w)  # EOF on `go`: exec now
+        error = status.read().decode(errors="replace") if first == b"S" else (first + status.read()).decode(errors="replace")
     if error:
-        os.waitpid(pid, 0)
         print(f"podunit-stage1: container {app['name']}: {error}", file=sys.stderr, flush=True)
-        return EXIT_SETUP_FAILED
+        if first != b"S":
+            os.waitpid(pid, 0)
+            return EXIT_SETUP_FAILED
     if app["init"]:
         return wait_forwarding_signals(pid)
-    sd_notify(f"MAINPID={pid}\nREADY=1\n")
     return 0
 
 
@@ -219,20 +239,31 @@ def restore_signals() -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
-def _child(plan: PodPlan, app: AppPlan, error_fd: int, *, debug: bool) -> None:
+def _child(plan: PodPlan, app: AppPlan, status_fd: int, go_fd: int) -> None:
     try:
         enter_root(plan, app)
+        env = _env_dict(app["env"])
+        executable = find_executable(app["argv"][0], env.get("PATH", ""))
         drop_privileges(app)
         restore_signals()
-        os.execvpe(app["argv"][0], app["argv"], _env_dict(app["env"]))
+        os.write(status_fd, b"S")
+        os.read(go_fd, 1)  # blocks until the parent closed it
+        os.execve(executable, app["argv"], env)
     except BaseException as exc:  # report anything, then die: never return to the parent's code
-        message = f"{exc}"
-        if isinstance(exc, FileNotFoundError) and exc.filename is None:
-            message = f'executable "{app["argv"][0]}" not found: {exc}'
         try:
-            os.write(error_fd, message.encode()[:4000])
+            os.write(status_fd, str(exc).encode()[:4000])
         finally:
             os._exit(127 if isinstance(exc, FileNotFoundError) else EXIT_SETUP_FAILED)
+
+
+def find_executable(name: str, path: str) -> str:
+    """Resolve argv[0] inside the container as execvp would, before READY,
+    so a missing binary fails the start instead of crashing after it."""
+    candidates = [name] if "/" in name else [os.path.join(d or ".", name) for d in path.split(":")]
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(2, f'executable "{name}" not found in the image (PATH={path})')
 
 
 def _env_dict(env: list[str]) -> dict[str, str]:

@@ -38,6 +38,34 @@ def sd_notify(message: str) -> None:
         sock.sendall(message.encode())
 
 
+def sd_notify_barrier(timeout_ms: int = 5000) -> None:
+    """Wait until systemd has processed every notification sent before
+    (BARRIER=1, systemd >= 246): it closes the fd we pass once it has."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    import array
+    import select
+
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            fds = array.array("i", [write_fd])
+            sock.sendmsg([b"BARRIER=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        os.close(write_fd)
+        write_fd = -1
+        poller = select.poll()
+        poller.register(read_fd, select.POLLHUP)
+        poller.poll(timeout_ms)
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     print(f"podunit-stage1: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)

@@ -12,6 +12,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from podunit.kernel import syscalls as sc
+from podunit.stage1.app import drop_privileges, restore_signals
 
 if TYPE_CHECKING:
     from podunit.plan import AppPlan
@@ -44,8 +45,6 @@ def enter_app(app: AppPlan, main_pid: int, argv: list[str]) -> int:
 
 
 def _exec_child(app: AppPlan, argv: list[str]) -> None:
-    from podunit.stage1.app import drop_privileges, restore_signals
-
     try:
         os.chdir(app["cwd"])
         drop_privileges(app)

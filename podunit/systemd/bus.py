@@ -30,6 +30,10 @@ SERVICE_IFACE = "org.freedesktop.systemd1.Service"
 Token = tuple[int, Any]
 
 
+class JobTimeout(SystemdError):
+    """A job did not finish within the time the caller allowed."""
+
+
 def _bytes(value: Any) -> Any:
     """sd-bus wants bytes for D-Bus strings; convert nested values."""
     if isinstance(value, str):
@@ -147,6 +151,12 @@ class Bus:
     def stop_unit(self, name: str, mode: str = "replace") -> str:
         return str(_text(self._call(b"StopUnit", self._strings(name, mode))))
 
+    def kill_unit(self, name: str, signal: int, whom: str = "all") -> None:
+        from pystemd.dbuslib import apply_signature
+
+        args = apply_signature(b"ssi", [name.encode(), whom.encode(), signal])
+        self._call(b"KillUnit", args)
+
     def reset_failed_unit(self, name: str) -> None:
         self._call(b"ResetFailedUnit", self._strings(name))
 
@@ -194,7 +204,7 @@ class Bus:
         while pending - self._jobs_removed.keys():
             left = 1.0 if deadline is None else deadline - time.monotonic()
             if left <= 0:
-                raise SystemdError(f"timed out waiting for jobs {sorted(pending)}")
+                raise JobTimeout(f"timed out waiting for jobs {sorted(pending)}")
             self._pump(min(left, 1.0))
         return {job: self._jobs_removed[job] for job in pending}
 

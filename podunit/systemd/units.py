@@ -28,6 +28,7 @@ from typing import Any
 from podunit.plan import AppPlan, PodPlan
 
 USEC = 1_000_000
+USEC_INFINITY = 2**64 - 1  # over D-Bus, 0 means "zero", not "no timeout"
 # A crash-looping app is restarted after this delay forever (Kubernetes never
 # gives up either); systemd 252 has no exponential RestartSteps=.
 RESTART_DELAY_USEC = 1 * USEC
@@ -141,7 +142,7 @@ def make_app_unit(
         # a oneshot's start job lasts until its process exits. Kubernetes
         # retries a failed init container unless restartPolicy is Never.
         restart = "no" if plan["restart_policy"] == "Never" else "on-failure"
-        props += [Property("Type", "s", "oneshot"), Property("TimeoutStartUSec", "t", 0)]
+        props += [Property("Type", "s", "oneshot"), Property("TimeoutStartUSec", "t", USEC_INFINITY)]
     else:
         restart = RESTART_MAP[plan["restart_policy"]]
         props += [Property("Type", "s", "notify"), Property("NotifyAccess", "s", "all")]
