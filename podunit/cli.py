@@ -59,7 +59,11 @@ def make_parser() -> argparse.ArgumentParser:
     exe.add_argument("app")
     exe.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
 
-    sub.add_parser("gc", help="remove finished pods and leftovers")
+    gc = sub.add_parser("gc", help="remove finished pods and leftovers")
+    gc.add_argument(
+        "--grace-period", type=float, default=0, metavar="SECONDS",
+        help="keep pods that finished less than this long ago (default 0)",
+    )  # fmt: skip
     return parser
 
 
@@ -244,7 +248,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from podunit.systemd.bus import Bus
 
     with Bus() as bus:
-        for item in garbage_collect(bus):
+        for item in garbage_collect(bus, args.grace_period):
             print(f"removed {item}")
     return 0
 

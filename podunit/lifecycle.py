@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -214,18 +215,19 @@ def reset_failed(bus: Bus, units: Iterable[str]) -> None:
             pass  # not loaded or not failed: nothing to forget
 
 
-def garbage_collect(bus: Bus) -> list[str]:
-    """Remove finished pods, and leftovers of pods that have no record (a
-    crash or reboot between steps). Returns what was removed."""
+def garbage_collect(bus: Bus, grace_seconds: float = 0) -> list[str]:
+    """Remove pods that finished more than `grace_seconds` ago (or never
+    started, e.g. after a reboot), and leftovers of pods that have no record
+    (a crash between steps). Returns what was removed."""
     removed = []
     for name in list_pod_names():
         status = pod_status(bus, name)
-        if status.state in ("exited", "failed", "created"):
-            sandbox = bus.unit_properties(status.sandbox_unit).get("ActiveState")
-            if sandbox in ("active", "activating"):
-                continue
-            remove_pod(bus, read_plan(name), force=True)
-            removed.append(name)
+        if status.state not in ("exited", "failed", "created"):
+            continue
+        if time.time() - finished_at(read_plan(name)) < grace_seconds:
+            continue
+        remove_pod(bus, read_plan(name), force=True)
+        removed.append(name)
     known = set(list_pod_names())
     for base in (state_dir() / "pods", runtime_dir() / "pods"):
         for orphan in sorted(base.glob("*")) if base.exists() else []:
@@ -236,6 +238,17 @@ def garbage_collect(bus: Bus) -> list[str]:
                 shutil.rmtree(orphan, ignore_errors=True)
                 removed.append(f"{orphan} (orphan)")
     return removed
+
+
+def finished_at(plan: PodPlan) -> float:
+    """When the pod's last app exit was recorded (its creation if none)."""
+    times = [plan["created"]]
+    for app in plan["init_apps"] + plan["apps"]:
+        try:
+            times.append((Path(plan["runtime_dir"]) / "apps" / app["name"] / "exits").stat().st_mtime)
+        except FileNotFoundError:
+            pass
+    return max(times)
 
 
 def _no_units_active(bus: Bus, name: str) -> bool:
