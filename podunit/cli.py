@@ -10,8 +10,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from podunit.errors import PodunitError
 
@@ -31,7 +31,9 @@ def make_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the pods of a manifest")
     run.add_argument("--name", help="pod name (overrides metadata.name; one pod only)")
     run.add_argument("--wait", action="store_true", help="wait until the pod finishes")
-    run.add_argument("--rm", action="store_true", help="remove the pod once it finished (with --wait)")
+    run.add_argument(
+        "--rm", action="store_true", help="remove the pod once it finished (with --wait)"
+    )
     run.add_argument("file", help="manifest (YAML, one or more v1 Pod documents)")
 
     lst = sub.add_parser("list", help="list pods")
@@ -43,7 +45,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     stop = sub.add_parser("stop", help="stop a pod (SIGTERM, then SIGKILL after the grace period)")
     stop.add_argument("pod")
-    stop.add_argument("--timeout", type=float, help="seconds before SIGKILL (default: the pod's grace period)")
+    stop.add_argument(
+        "--timeout", type=float, help="seconds before SIGKILL (default: the pod's grace period)"
+    )
 
     rm = sub.add_parser("rm", help="remove a pod")
     rm.add_argument("pod", nargs="+")
@@ -69,7 +73,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s"
+    )
     try:
         handler = COMMANDS[args.command]
         return handler(args)
@@ -133,12 +139,16 @@ def pull_images(pod: Pod) -> dict[str, Image]:
             continue
         ref = parse_reference(container.image)
         policy = container.image_pull_policy or (
-            "Always" if ref.transport == "docker" and ref.tag == "latest" and not ref.digest else "IfNotPresent"
+            "Always"
+            if ref.transport == "docker" and ref.tag == "latest" and not ref.digest
+            else "IfNotPresent"
         )
         image = None if policy == "Always" else store.lookup(ref)
         if image is None:
             if policy == "Never":
-                raise ImageError(f"{container.image}: not in the store and imagePullPolicy is Never")
+                raise ImageError(
+                    f"{container.image}: not in the store and imagePullPolicy is Never"
+                )
             image = store.pull(ref)
         images[container.image] = image
     return images
@@ -253,7 +263,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Any] = {
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "list": cmd_list,
     "status": cmd_status,

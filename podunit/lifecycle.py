@@ -245,7 +245,9 @@ def finished_at(plan: PodPlan) -> float:
     times = [plan["created"]]
     for app in plan["init_apps"] + plan["apps"]:
         try:
-            times.append((Path(plan["runtime_dir"]) / "apps" / app["name"] / "exits").stat().st_mtime)
+            times.append(
+                (Path(plan["runtime_dir"]) / "apps" / app["name"] / "exits").stat().st_mtime
+            )
         except FileNotFoundError:
             pass
     return max(times)

@@ -9,6 +9,7 @@ pod start stays cheap, and a person can read or replay a plan by hand.
 
 from __future__ import annotations
 
+import stat
 import time
 import uuid
 from collections.abc import Mapping
@@ -277,7 +278,8 @@ def _make_mounts(
                 propagation=propagation[vm.mount_propagation],
                 sub_path=vm.sub_path,
                 host_path_type=host_type,
-                is_file=host_type in ("File", "FileOrCreate", "Socket", "CharDevice", "BlockDevice"),
+                is_file=host_type
+                in ("File", "FileOrCreate", "Socket", "CharDevice", "BlockDevice"),
             )
         )
     return mounts
@@ -338,20 +340,28 @@ def _lookup_group(group: str, table: list[list[str]], where: str) -> int:
 
 
 def _read_image_table(image: Image, relpath: str) -> list[list[str]]:
-    """Read a colon table from the topmost layer that has it. The layer dirs
-    are our own unpacked store; a symlink there is not followed (it could
-    point anywhere on the host)."""
+    """Read a colon table (/etc/passwd, /etc/group) from the topmost layer
+    that has it. Layers are hostile: the path is resolved inside the layer
+    (a symlinked /etc must not lead to the host's files)."""
     import os
 
+    from podunit.kernel.openat2 import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
+
     for layer in reversed(image.layers):
-        path = Path(layer) / relpath
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            root = os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             continue
+        try:
+            flags = os.O_RDONLY | os.O_NONBLOCK  # a FIFO planted there must not hang us
+            fd = openat2(root, relpath, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
         except OSError:
-            return []
+            continue
+        finally:
+            os.close(root)
         with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
             text = f.read(1 << 20).decode(errors="replace")
         return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
     return []

@@ -98,15 +98,14 @@ def read_exits(plan: PodPlan, app: AppPlan) -> list[tuple[str, str, str]]:
 def kubernetes_exit_code(code_kind: str | int, status: str | int) -> int | None:
     """Exit code as Kubernetes reports it: the status, or 128+N for signal N."""
     kinds = {"exited": CLD_EXITED, "killed": CLD_KILLED, "dumped": CLD_DUMPED}
-    kind = kinds.get(code_kind, code_kind) if isinstance(code_kind, str) else code_kind
-    if isinstance(status, str):
-        status = _signal_number(status)
-        if status is None:
-            return None
+    kind = kinds.get(code_kind, 0) if isinstance(code_kind, str) else code_kind
+    number = _signal_number(status) if isinstance(status, str) else status
+    if number is None:
+        return None
     if kind == CLD_EXITED:
-        return status
+        return number
     if kind in (CLD_KILLED, CLD_DUMPED):
-        return 128 + status
+        return 128 + number
     return None
 
 

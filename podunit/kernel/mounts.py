@@ -184,7 +184,13 @@ class MaskPath(MountOp):
             with open_in_root(root_fd, self.target) as fd:
                 target = fd_path(fd)
                 if stat.S_ISDIR(os.fstat(fd).st_mode):
-                    sc.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV, "size=0")
+                    sc.mount(
+                        "tmpfs",
+                        target,
+                        "tmpfs",
+                        sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV,
+                        "size=0",
+                    )
                 else:
                     sc.mount(self.null_device, target, None, sc.MS_BIND)
         except FileNotFoundError:
@@ -204,7 +210,9 @@ class ReadOnlyPath(MountOp):
                 target = fd_path(fd)
                 sc.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
             with open_in_root(root_fd, self.target) as fd:
-                _remount_keeping_locked_flags(fd_path(fd), sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+                _remount_keeping_locked_flags(
+                    fd_path(fd), sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY
+                )
         except FileNotFoundError:
             pass
 

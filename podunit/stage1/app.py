@@ -131,12 +131,40 @@ def make_root_ops(plan: PodPlan, app: AppPlan) -> list[m.MountOp]:
     if privileged:
         ops.append(m.BindMount("/dev", source="/dev", extra_flags=sc.MS_NOSUID))
     else:
-        ops.append(m.FsMount("/dev", fstype="tmpfs", flags=sc.MS_NOSUID | sc.MS_STRICTATIME, data="mode=755,size=65536k"))
-        ops += [m.BindMount(f"/dev/{d}", source=f"/dev/{d}", is_file=True, recursive=False, extra_flags=sc.MS_NOSUID) for d in DEVICES]
-        ops.append(m.FsMount("/dev/pts", fstype="devpts", flags=sc.MS_NOSUID | sc.MS_NOEXEC, data="newinstance,ptmxmode=0666,mode=0620,gid=5"))
+        ops.append(
+            m.FsMount(
+                "/dev",
+                fstype="tmpfs",
+                flags=sc.MS_NOSUID | sc.MS_STRICTATIME,
+                data="mode=755,size=65536k",
+            )
+        )
+        ops += [
+            m.BindMount(
+                f"/dev/{d}",
+                source=f"/dev/{d}",
+                is_file=True,
+                recursive=False,
+                extra_flags=sc.MS_NOSUID,
+            )
+            for d in DEVICES
+        ]
+        ops.append(
+            m.FsMount(
+                "/dev/pts",
+                fstype="devpts",
+                flags=sc.MS_NOSUID | sc.MS_NOEXEC,
+                data="newinstance,ptmxmode=0666,mode=0620,gid=5",
+            )
+        )
         ops.append(m.Symlink("/dev/ptmx", link_target="pts/ptmx"))
     ops.append(m.FsMount("/dev/mqueue", fstype="mqueue"))
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
         ops.append(m.Symlink(f"/dev/{name}", link_target=target))
     ops += [volume_op(mount) for mount in app["mounts"]]
     return ops
@@ -213,7 +241,11 @@ def fork_app(plan: PodPlan, app: AppPlan, *, debug: bool) -> int:
             sd_notify(f"MAINPID={pid}\nREADY=1\n")
             sd_notify_barrier()
         os.close(go_w)  # EOF on `go`: exec now
-        error = status.read().decode(errors="replace") if first == b"S" else (first + status.read()).decode(errors="replace")
+        error = (
+            status.read().decode(errors="replace")
+            if first == b"S"
+            else (first + status.read()).decode(errors="replace")
+        )
     if error:
         print(f"podunit-stage1: container {app['name']}: {error}", file=sys.stderr, flush=True)
         if first != b"S":

@@ -29,7 +29,10 @@ NAMESPACE_ORDER = (
 
 
 def enter_app(app: AppPlan, main_pid: int, argv: list[str]) -> int:
-    fds = [(os.open(f"/proc/{main_pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC), flag) for name, flag in NAMESPACE_ORDER]
+    fds = [
+        (os.open(f"/proc/{main_pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC), flag)
+        for name, flag in NAMESPACE_ORDER
+    ]
     join_cgroups(main_pid)
     for fd, flag in fds:
         sc.setns(fd, flag)
@@ -84,7 +87,11 @@ def cgroup_mounts() -> dict[str, str]:
                 result.setdefault("", mount_point)
             elif fstype == "cgroup":
                 opts = options.split(",")
-                names = [o for o in opts if o not in ("rw", "ro") and "=" not in o or o.startswith("name=")]
+                names = [
+                    o
+                    for o in opts
+                    if o not in ("rw", "ro") and "=" not in o or o.startswith("name=")
+                ]
                 known = [o for o in names if o in _V1_CONTROLLERS or o.startswith("name=")]
                 result.setdefault(",".join(known), mount_point)
     return result

@@ -109,13 +109,18 @@ class Bus:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self._bus.close()
 
     # -- calls --------------------------------------------------------------
 
-    def _call(self, method: bytes, args: list[Token], path: bytes = PATH, iface: bytes = MANAGER) -> Any:
+    def _call(
+        self, method: bytes, args: list[Token], path: bytes = PATH, iface: bytes = MANAGER
+    ) -> Any:
         try:
             reply = self._bus.call_method(DEST, path, iface, method, args)
         except Exception as exc:
@@ -128,6 +133,7 @@ class Bus:
         """Receive JobRemoved and PropertiesChanged; must precede the jobs."""
         if self._subscribed:
             return
+
         # pystemd stores data on the callback object: give it plain functions.
         def on_job_removed(msg: Any, error: Any = None, userdata: Any = None) -> None:
             self._on_job_removed(msg)
@@ -143,7 +149,9 @@ class Bus:
         self._subscribed = True
 
     def start_transient_unit(self, unit: Unit, aux: Sequence[Unit] = (), mode: str = "fail") -> str:
-        return str(_text(self._call(b"StartTransientUnit", encode_start_transient(unit, aux, mode))))
+        return str(
+            _text(self._call(b"StartTransientUnit", encode_start_transient(unit, aux, mode)))
+        )
 
     def start_unit(self, name: str, mode: str = "replace") -> str:
         return str(_text(self._call(b"StartUnit", self._strings(name, mode))))
@@ -208,7 +216,9 @@ class Bus:
             self._pump(min(left, 1.0))
         return {job: self._jobs_removed[job] for job in pending}
 
-    def wait_for_units_jobs(self, units: Iterable[str], timeout: float | None = None) -> dict[str, str]:
+    def wait_for_units_jobs(
+        self, units: Iterable[str], timeout: float | None = None
+    ) -> dict[str, str]:
         """Block until a job of every unit in `units` has been removed (the
         start jobs that one transaction queued for them); unit -> result."""
         pending = set(units)
@@ -216,7 +226,9 @@ class Bus:
         while pending - self._units_removed.keys():
             left = 1.0 if deadline is None else deadline - time.monotonic()
             if left <= 0:
-                raise SystemdError(f"timed out waiting for {sorted(pending - self._units_removed.keys())}")
+                raise SystemdError(
+                    f"timed out waiting for {sorted(pending - self._units_removed.keys())}"
+                )
             self._pump(min(left, 1.0))
         return {unit: self._units_removed[unit] for unit in pending}
 

@@ -142,7 +142,10 @@ def make_app_unit(
         # a oneshot's start job lasts until its process exits. Kubernetes
         # retries a failed init container unless restartPolicy is Never.
         restart = "no" if plan["restart_policy"] == "Never" else "on-failure"
-        props += [Property("Type", "s", "oneshot"), Property("TimeoutStartUSec", "t", USEC_INFINITY)]
+        props += [
+            Property("Type", "s", "oneshot"),
+            Property("TimeoutStartUSec", "t", USEC_INFINITY),
+        ]
     else:
         restart = RESTART_MAP[plan["restart_policy"]]
         props += [Property("Type", "s", "notify"), Property("NotifyAccess", "s", "all")]

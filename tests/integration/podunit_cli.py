@@ -23,7 +23,9 @@ class Podunit:
         self.manifests = testbed.shared_dir / "manifests"
         self.manifests.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "podunit", *args]
         return self.testbed.run(argv, check=check, timeout=timeout, env={"PYTHONPATH": str(REPO)})
 

@@ -41,7 +41,9 @@ def test_run_wait_rm_runs_app_and_leaves_nothing(podunit: Podunit) -> None:
     )
     result = podunit("run", "--wait", "--rm", str(path))
     assert result.returncode == 0
-    journal = podunit.testbed.run(["journalctl", "--no-pager", "-o", "cat", "-u", "podunit-hello_main.service"]).stdout
+    journal = podunit.testbed.run(
+        ["journalctl", "--no-pager", "-o", "cat", "-u", "podunit-hello_main.service"]
+    ).stdout
     assert "hello-from-pod" in journal
     assert "hello" not in podunit("list").stdout.split()
     assert podunit.units("hello") == []
@@ -100,8 +102,12 @@ def sleeper(podunit: Podunit) -> Iterator[str]:
     podunit.cleanup("iso")
 
 
-def test_apps_see_only_their_own_processes_and_the_pod_hostname(podunit: Podunit, sleeper: str) -> None:
-    out = podunit("exec", sleeper, "other", "--", "/bin/sh", "-c", "ps -o pid,args; hostname").stdout
+def test_apps_see_only_their_own_processes_and_the_pod_hostname(
+    podunit: Podunit, sleeper: str
+) -> None:
+    out = podunit(
+        "exec", sleeper, "other", "--", "/bin/sh", "-c", "ps -o pid,args; hostname"
+    ).stdout
     lines = out.strip().splitlines()
     assert lines[-1] == "isohost"
     processes = [line for line in lines[1:-1] if line.strip()]
@@ -118,7 +124,9 @@ def test_apps_see_none_of_the_hosts_files(podunit: Podunit, sleeper: str) -> Non
 
 
 def test_apps_share_network_and_ipc_but_not_pids(podunit: Podunit, sleeper: str) -> None:
-    out = podunit("exec", sleeper, "other", "--", "/bin/sh", "-c", "nc 127.0.0.1 8080 </dev/null").stdout
+    out = podunit(
+        "exec", sleeper, "other", "--", "/bin/sh", "-c", "nc 127.0.0.1 8080 </dev/null"
+    ).stdout
     assert out.strip() == "pong"
 
     def namespaces(app: str) -> dict[str, str]:
@@ -135,7 +143,15 @@ def test_apps_share_network_and_ipc_but_not_pids(podunit: Podunit, sleeper: str)
 
 
 def test_default_privileges_are_reduced(podunit: Podunit, sleeper: str) -> None:
-    out = podunit("exec", sleeper, "other", "--", "/bin/sh", "-c", "grep -E '^(Cap|NoNewPrivs)' /proc/self/status; touch /sys/x 2>&1; ls /dev").stdout
+    out = podunit(
+        "exec",
+        sleeper,
+        "other",
+        "--",
+        "/bin/sh",
+        "-c",
+        "grep -E '^(Cap|NoNewPrivs)' /proc/self/status; touch /sys/x 2>&1; ls /dev",
+    ).stdout
     fields = dict(line.split(":\t") for line in out.splitlines() if ":\t" in line)
     assert fields["CapEff"] == DEFAULT_CAPS and fields["CapBnd"] == DEFAULT_CAPS
     assert fields["CapInh"] == "0" * 16 and fields["CapAmb"] == "0" * 16
@@ -148,7 +164,13 @@ def test_default_privileges_are_reduced(podunit: Podunit, sleeper: str) -> None:
 
 def test_limits_land_on_the_units(podunit: Podunit, sleeper: str) -> None:
     props = podunit.testbed.run(
-        ["systemctl", "show", "-p", "MemoryMax,CPUQuotaPerSecUSec,TasksMax,Slice", "podunit-iso_other.service"]
+        [
+            "systemctl",
+            "show",
+            "-p",
+            "MemoryMax,CPUQuotaPerSecUSec,TasksMax,Slice",
+            "podunit-iso_other.service",
+        ]
     ).stdout
     assert "MemoryMax=50331648" in props
     assert "CPUQuotaPerSecUSec=250ms" in props
@@ -344,7 +366,10 @@ def test_malformed_manifest_starts_nothing(podunit: Podunit) -> None:
     )
     result = podunit("run", str(path), check=False)
     assert result.returncode == 2
-    assert f'{path}:12: spec.containers[1].resources.limits.memory: "64Mx" is not a quantity' in result.stderr
+    assert (
+        f'{path}:12: spec.containers[1].resources.limits.memory: "64Mx" is not a quantity'
+        in result.stderr
+    )
     assert podunit.units("broken") == []
     assert "broken" not in podunit("list").stdout
 

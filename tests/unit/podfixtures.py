@@ -51,6 +51,4 @@ def make_plan(tmp_path: Path, pod: Pod | None = None, image: Image | None = None
     pod = pod or make_pod()
     image = image or make_image(tmp_path)
     images = {c.image: image for c in pod.spec.init_containers + pod.spec.containers}
-    return make_pod_plan(
-        pod, images, runtime_dir=tmp_path / "run", state_dir=tmp_path / "state"
-    )
+    return make_pod_plan(pod, images, runtime_dir=tmp_path / "run", state_dir=tmp_path / "state")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from podunit.spec import Container, PodSpec, Resources
+from podunit.spec import Container, Resources
 from podunit.systemd.bus import encode_properties, encode_start_transient
 from podunit.systemd.names import app_unit, sandbox_unit, slice_unit, unit_object_path
 from podunit.systemd.units import Property, Stage1Command, Unit, compile_pod
@@ -68,7 +68,10 @@ def test_restart_policy_maps_to_restart(tmp_path: Path, policy: str, restart: st
 
 
 def test_init_containers_run_in_order_before_apps(tmp_path: Path) -> None:
-    init = [Container(name=f"init{i}", image="oci:/images/busybox:latest", command=("true",)) for i in (1, 2)]
+    init = [
+        Container(name=f"init{i}", image="oci:/images/busybox:latest", command=("true",))
+        for i in (1, 2)
+    ]
     pod = make_pod(init_containers=tuple(init))
     units = by_name(compile_pod(make_plan(tmp_path, pod), STAGE1))
     first, second = units[app_unit("web", "init1")], units[app_unit("web", "init2")]
@@ -82,7 +85,9 @@ def test_init_containers_run_in_order_before_apps(tmp_path: Path) -> None:
 
 def test_slice_has_no_limit_when_an_app_is_unbounded(tmp_path: Path) -> None:
     containers = (
-        Container(name="a", image="oci:/i:t", command=("x",), resources=Resources(limits_memory=1 << 20)),
+        Container(
+            name="a", image="oci:/i:t", command=("x",), resources=Resources(limits_memory=1 << 20)
+        ),
         Container(name="b", image="oci:/i:t", command=("x",)),
     )
     units = by_name(compile_pod(make_plan(tmp_path, make_pod(containers=containers)), STAGE1))
@@ -91,7 +96,9 @@ def test_slice_has_no_limit_when_an_app_is_unbounded(tmp_path: Path) -> None:
 
 
 def test_property_tokens_are_what_sd_bus_marshals() -> None:
-    tokens = encode_properties([Property("MemoryMax", "t", 5), Property("Wants", "as", ["x.service"])])
+    tokens = encode_properties(
+        [Property("MemoryMax", "t", 5), Property("Wants", "as", ["x.service"])]
+    )
     assert tokens == [
         (ord("a"), b"(sv)"),
         (ord("r"), b"sv"), (ord("s"), b"MemoryMax"), (ord("v"), b"t"), (ord("t"), 5),
@@ -110,7 +117,11 @@ def test_every_property_value_matches_its_signature(tmp_path: Path) -> None:
     from dbus_next import Message, Variant
     from dbus_next._private.unmarshaller import Unmarshaller
 
-    pod = make_pod(init_containers=(Container(name="setup", image="oci:/images/busybox:latest", command=("true",)),))
+    pod = make_pod(
+        init_containers=(
+            Container(name="setup", image="oci:/images/busybox:latest", command=("true",)),
+        )
+    )
     units = compile_pod(make_plan(tmp_path, pod), STAGE1)
     encode_start_transient(units[0], units[1:], "fail")  # pystemd's encoder accepts it too
 
