@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from podunit.errors import PodunitError
@@ -63,6 +64,9 @@ def make_parser() -> argparse.ArgumentParser:
     exe.add_argument("app")
     exe.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
 
+    for extension in extension_modules():
+        extension.add_parsers(sub)
+
     gc = sub.add_parser("gc", help="remove finished pods and leftovers")
     gc.add_argument(
         "--grace-period", type=float, default=0, metavar="SECONDS",
@@ -71,13 +75,34 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXTENSIONS = ("podunit.cli_images", "podunit.cli_trust")
+
+
+def extension_modules() -> list[ModuleType]:
+    """Command groups that live in modules of their own (images, trust). Each
+    has `add_parsers(subparsers)` and `COMMANDS`, and must import lazily."""
+    import importlib
+
+    modules = []
+    for name in EXTENSIONS:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return modules
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s"
     )
+    commands = dict(COMMANDS)
+    for extension in extension_modules():
+        commands.update(extension.COMMANDS)
     try:
-        handler = COMMANDS[args.command]
+        handler = commands[args.command]
         return handler(args)
     except PodunitError as exc:
         print(f"podunit: {exc}", file=sys.stderr)

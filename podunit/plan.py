@@ -82,6 +82,7 @@ class PodPlan(TypedDict):
     source: str
     hostname: str
     host_network: bool
+    network: str  # "host" | "none" (loopback only); CNI modes come with pod networking
     host_pid: bool
     host_ipc: bool
     share_pid: bool
@@ -112,6 +113,7 @@ def make_pod_plan(
         source=pod.source,
         hostname=pod.spec.hostname or name.split(".", 1)[0],
         host_network=pod.spec.host_network,
+        network="host" if pod.spec.host_network else "none",
         host_pid=pod.spec.host_pid,
         host_ipc=pod.spec.host_ipc,
         share_pid=pod.spec.share_process_namespace,
