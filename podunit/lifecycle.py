@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from podunit.errors import PodStateError, SystemdError
-from podunit.paths import runtime_dir, state_dir
+from podunit.paths import sandboxes_dir, state_dir
 from podunit.plan import PodPlan
 from podunit.state import (
     PodStatus,
@@ -229,7 +229,7 @@ def garbage_collect(bus: Bus, grace_seconds: float = 0) -> list[str]:
         remove_pod(bus, read_plan(name), force=True)
         removed.append(name)
     known = set(list_pod_names())
-    for base in (state_dir() / "pods", runtime_dir() / "pods"):
+    for base in (state_dir() / "pods", sandboxes_dir()):
         for orphan in sorted(base.glob("*")) if base.exists() else []:
             if orphan.name not in known and _no_units_active(bus, orphan.name):
                 from podunit.stage1.sandbox import pod_down

@@ -19,6 +19,7 @@ from typing import TypedDict
 from podunit.capabilities import effective_capabilities
 from podunit.errors import PodunitError
 from podunit.images.store import Image
+from podunit.paths import SANDBOXES
 from podunit.spec import Container, Pod, Volume
 from podunit.systemd import names
 
@@ -103,7 +104,7 @@ def make_pod_plan(
 ) -> PodPlan:
     """Plan `pod`; `images` maps each container's image string to its Image."""
     name = pod.name
-    pod_runtime = runtime_dir / "pods" / name
+    pod_runtime = runtime_dir / SANDBOXES / name
     pod_state = state_dir / "pods" / name
     volumes = [_plan_volume(v, pod_runtime, pod_state) for v in pod.spec.volumes]
     plan = PodPlan(

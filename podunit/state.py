@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from podunit.errors import PodNotFound
-from podunit.paths import runtime_dir
+from podunit.paths import sandboxes_dir
 from podunit.plan import AppPlan, PodPlan
 
 # ExecMainCode values (siginfo si_code): exited, killed, dumped core.
@@ -51,7 +51,7 @@ class PodStatus:
 
 
 def pods_dir() -> Path:
-    return runtime_dir() / "pods"
+    return sandboxes_dir()
 
 
 def plan_file(pod: str) -> Path:

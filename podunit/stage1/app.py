@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING
 from podunit.capabilities import CAPABILITIES, capability_mask
 from podunit.kernel import mounts as m
 from podunit.kernel import syscalls as sc
+from podunit.paths import runtime_dir
 from podunit.stage1.common import (
     fail,
     load_plan,
     mkdirs,
-    runtime_dir,
     sd_notify,
     sd_notify_barrier,
 )

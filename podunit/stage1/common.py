@@ -9,16 +9,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, cast
 
+from podunit.paths import sandboxes_dir
+
 if TYPE_CHECKING:
     from podunit.plan import PodPlan
 
 
-def runtime_dir() -> Path:
-    return Path(os.environ.get("PODUNIT_RUNTIME_DIR") or "/run/podunit")
-
-
 def plan_path(pod: str) -> Path:
-    return runtime_dir() / "pods" / pod / "plan.json"
+    return sandboxes_dir() / pod / "plan.json"
 
 
 def load_plan(pod: str) -> PodPlan:

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from podunit.kernel import syscalls as sc
-from podunit.stage1.common import fail, load_plan, mkdirs, runtime_dir
+from podunit.paths import sandboxes_dir
+from podunit.stage1.common import fail, load_plan, mkdirs
 
 if TYPE_CHECKING:
     from podunit.plan import PodPlan
@@ -165,7 +166,7 @@ def start_pause_process(ns_dir: Path) -> None:
 
 
 def pod_down(pod: str) -> int:
-    pod_dir = runtime_dir() / "pods" / pod
+    pod_dir = sandboxes_dir() / pod
     try:
         plan = load_plan(pod)
     except FileNotFoundError:
