@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING
 from podunit.errors import PodunitError
 
 if TYPE_CHECKING:
-    from podunit.images.store import Image
-    from podunit.spec import Pod
     from podunit.state import PodStatus
 
 
@@ -63,6 +61,17 @@ def make_parser() -> argparse.ArgumentParser:
     exe.add_argument("pod")
     exe.add_argument("app")
     exe.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
+
+    prepare = sub.add_parser(
+        "prepare", help="(used by pod@.service) pull images and plan a boot pod before it starts"
+    )
+    prepare.add_argument("pod")
+
+    generate = sub.add_parser("generate", help="show the units podunit-generator writes")
+    generate.add_argument(
+        "--dry-run", action="store_true", required=True, help="print, write nothing"
+    )
+    generate.add_argument("files", nargs="*", help="manifests (default: the pod directories)")
 
     for extension in extension_modules():
         extension.add_parsers(sub)
@@ -114,7 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from podunit.lifecycle import first_failure_code, remove_pod, start_pod, stop_pod, wait_for_pod
+    from podunit.lifecycle import (
+        first_failure_code,
+        pull_pod_images,
+        remove_pod,
+        start_pod,
+        stop_pod,
+        wait_for_pod,
+    )
     from podunit.manifest import load_pods
     from podunit.paths import runtime_dir, state_dir
     from podunit.plan import make_pod_plan
@@ -126,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise PodunitError(f"--name needs a manifest with one pod; {args.file} has {len(pods)}")
         pods = [replace(pods[0], metadata=replace(pods[0].metadata, name=args.name))]
     plans = [
-        make_pod_plan(pod, pull_images(pod), runtime_dir=runtime_dir(), state_dir=state_dir())
+        make_pod_plan(pod, pull_pod_images(pod), runtime_dir=runtime_dir(), state_dir=state_dir())
         for pod in pods
     ]
     code = 0
@@ -147,36 +163,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.rm:
                 remove_pod(bus, plan, force=True)
     return code
-
-
-def pull_images(pod: Pod) -> dict[str, Image]:
-    """Each distinct image of the pod, from the store or its source, per
-    imagePullPolicy (Kubernetes' default: Always for :latest, else IfNotPresent)."""
-    from podunit.errors import ImageError
-    from podunit.images.reference import parse_reference
-    from podunit.images.store import ImageStore
-    from podunit.paths import state_dir
-
-    store = ImageStore(state_dir())
-    images: dict[str, Image] = {}
-    for container in pod.spec.init_containers + pod.spec.containers:
-        if container.image in images:
-            continue
-        ref = parse_reference(container.image)
-        policy = container.image_pull_policy or (
-            "Always"
-            if ref.transport == "docker" and ref.tag == "latest" and not ref.digest
-            else "IfNotPresent"
-        )
-        image = None if policy == "Always" else store.lookup(ref)
-        if image is None:
-            if policy == "Never":
-                raise ImageError(
-                    f"{container.image}: not in the store and imagePullPolicy is Never"
-                )
-            image = store.pull(ref)
-        images[container.image] = image
-    return images
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -278,6 +264,32 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return enter_app(app, app_status.main_pid, cmd)
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from podunit.boot import prepare_boot_pod
+
+    prepare_boot_pod(args.pod)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from podunit.generator import find_manifests, generate
+    from podunit.systemd.units import stage1_command
+
+    if args.files:
+        manifests = {Path(f).name.removesuffix(".yaml"): Path(f) for f in args.files}
+    else:
+        manifests = find_manifests()
+    files, errors = generate(stage1_command(), manifests)
+    for relative, text in sorted(files.items()):
+        print(f"==> {relative} <==")
+        print(text if not text.startswith("-> ") else f"symlink {text}\n")
+    for error in errors:
+        print(f"podunit: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     from podunit.lifecycle import garbage_collect
     from podunit.systemd.bus import Bus
@@ -297,4 +309,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "logs": cmd_logs,
     "exec": cmd_exec,
     "gc": cmd_gc,
+    "prepare": cmd_prepare,
+    "generate": cmd_generate,
 }

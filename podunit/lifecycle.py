@@ -6,17 +6,17 @@ runtime dir, and exits. systemd owns the pod in between.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from podunit.errors import PodStateError, SystemdError
+from podunit.errors import PodStateError, PodunitError, SystemdError
 from podunit.paths import sandboxes_dir, state_dir
 from podunit.plan import PodPlan
+from podunit.spec import Pod
 from podunit.state import (
     PodStatus,
     app_status,
@@ -27,24 +27,42 @@ from podunit.state import (
     write_plan,
 )
 from podunit.systemd.bus import SERVICE_IFACE, Bus, JobTimeout
-from podunit.systemd.units import Stage1Command, Unit, compile_pod
+from podunit.systemd.units import Unit, compile_pod, stage1_command
+
+if TYPE_CHECKING:
+    from podunit.images.store import Image
 
 TERMINAL = ("exited", "failed")
 
 
-def stage1_command() -> Stage1Command:
-    """Run stage1 with this interpreter; point it at this copy of podunit
-    when that copy is not installed where the interpreter looks anyway."""
-    import podunit
+def pull_pod_images(pod: Pod) -> dict[str, Image]:
+    """Each distinct image of the pod, from the store or its source, per
+    imagePullPolicy (Kubernetes' default: Always for :latest, else IfNotPresent)."""
+    from podunit.errors import ImageError
+    from podunit.images.reference import parse_reference
+    from podunit.images.store import ImageStore
+    from podunit.paths import state_dir
 
-    package_parent = str(Path(podunit.__file__).resolve().parent.parent)
-    env = []
-    if not package_parent.endswith(("site-packages", "dist-packages")):
-        env.append(f"PYTHONPATH={package_parent}")
-    for var in ("PODUNIT_RUNTIME_DIR", "PODUNIT_STATE_DIR"):
-        if os.environ.get(var):
-            env.append(f"{var}={os.environ[var]}")
-    return Stage1Command((sys.executable, "-m", "podunit.stage1"), tuple(env))
+    store = ImageStore(state_dir())
+    images: dict[str, Image] = {}
+    for container in pod.spec.init_containers + pod.spec.containers:
+        if container.image in images:
+            continue
+        ref = parse_reference(container.image)
+        policy = container.image_pull_policy or (
+            "Always"
+            if ref.transport == "docker" and ref.tag == "latest" and not ref.digest
+            else "IfNotPresent"
+        )
+        image = None if policy == "Always" else store.lookup(ref)
+        if image is None:
+            if policy == "Never":
+                raise ImageError(
+                    f"{container.image}: not in the store and imagePullPolicy is Never"
+                )
+            image = store.pull(ref)
+        images[container.image] = image
+    return images
 
 
 def pod_units(plan: PodPlan) -> list[str]:
@@ -101,7 +119,9 @@ def journal_excerpt(unit: str, lines: int = 15) -> list[str]:
     return out.stdout.decode(errors="replace").splitlines()
 
 
-def pod_status(bus: Bus, name: str) -> PodStatus:
+def pod_status(bus: Bus, name: str, *, check_network: bool = True) -> PodStatus:
+    """`check_network`: run CNI CHECK on a running pod's attachment (it
+    spawns the plugins: internal callers that poll pass False)."""
     plan = read_plan(name)
     try:
         sandbox = bus.unit_properties(plan["sandbox_unit"]).get("ActiveState", "inactive")
@@ -114,9 +134,11 @@ def pod_status(bus: Bus, name: str) -> PodStatus:
         statuses[app["name"]] = app_status(plan, app, unit, service)
     apps = [statuses[a["name"]] for a in plan["apps"]]
     inits = [statuses[a["name"]] for a in plan["init_apps"]]
+    state = pod_state(sandbox, apps, inits)
+    ip, checked = _network_status(plan, check_network and sandbox == "active")
     return PodStatus(
         name=name,
-        state=pod_state(sandbox, apps, inits),
+        state=state,
         uid=plan["uid"],
         created=plan["created"],
         source=plan["source"],
@@ -124,7 +146,26 @@ def pod_status(bus: Bus, name: str) -> PodStatus:
         slice=plan["slice"],
         apps=apps,
         init_apps=inits,
+        network=plan.get("network", ""),
+        ip=ip,
+        network_check=checked,
     )
+
+
+def _network_status(plan: PodPlan, check: bool) -> tuple[str | None, str | None]:
+    """(pod IP, CHECK outcome) from the pod's CNI cache; nothing for
+    host/none pods, and no plugin run unless `check`."""
+    if plan.get("network") != "cni":
+        return None, None
+    from podunit.network import pod as network
+
+    ip = network.pod_ip(plan["name"])
+    if not check or ip is None:
+        return ip, None
+    try:
+        return ip, "ok" if network.check(plan["name"]) else None
+    except PodunitError as exc:
+        return ip, str(exc)
 
 
 def _props_or_none(bus: Bus, unit: str, interface: str) -> dict[str, object] | None:
@@ -136,7 +177,7 @@ def _props_or_none(bus: Bus, unit: str, interface: str) -> dict[str, object] | N
 
 
 def list_pods(bus: Bus) -> list[PodStatus]:
-    return [pod_status(bus, name) for name in list_pod_names()]
+    return [pod_status(bus, name, check_network=False) for name in list_pod_names()]
 
 
 def wait_for_pod(bus: Bus, name: str) -> PodStatus:
@@ -145,7 +186,7 @@ def wait_for_pod(bus: Bus, name: str) -> PodStatus:
     result: list[PodStatus] = []
 
     def finished() -> bool:
-        status = pod_status(bus, name)
+        status = pod_status(bus, name, check_network=False)
         result[:] = [status]
         return all(a.state in TERMINAL for a in status.apps) or status.state == "failed"
 
@@ -187,7 +228,7 @@ def remove_pod(bus: Bus, plan: PodPlan, *, force: bool) -> None:
     """Stop (with force), forget failed units, unmount and delete every file."""
     name = plan["name"]
     if not force:
-        status = pod_status(bus, name)
+        status = pod_status(bus, name, check_network=False)
         if status.state == "running":
             raise PodStateError(f'pod "{name}" is running: stop it first or use --force')
     try:
@@ -221,7 +262,7 @@ def garbage_collect(bus: Bus, grace_seconds: float = 0) -> list[str]:
     (a crash between steps). Returns what was removed."""
     removed = []
     for name in list_pod_names():
-        status = pod_status(bus, name)
+        status = pod_status(bus, name, check_network=False)
         if status.state not in ("exited", "failed", "created"):
             continue
         if time.time() - finished_at(read_plan(name)) < grace_seconds:
@@ -237,7 +278,21 @@ def garbage_collect(bus: Bus, grace_seconds: float = 0) -> list[str]:
                 pod_down(orphan.name)
                 shutil.rmtree(orphan, ignore_errors=True)
                 removed.append(f"{orphan} (orphan)")
+    removed += _collect_network_garbage(bus, known)
     return removed
+
+
+def _collect_network_garbage(bus: Bus, known: set[str]) -> list[str]:
+    """DEL CNI attachments (veth, lease, iptables rules) cached for pods
+    that have no record any more, e.g. when pod-down's DEL failed."""
+    from podunit.network import cache
+
+    orphans = [p for p in cache.recorded_pods() if p not in known and _no_units_active(bus, p)]
+    if not orphans:
+        return []
+    from podunit.network.pod import detach_orphans
+
+    return [f"CNI attachment of {pod} (orphan)" for pod in detach_orphans(orphans)]
 
 
 def finished_at(plan: PodPlan) -> float:

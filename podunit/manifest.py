@@ -32,6 +32,7 @@ from podunit._manifest_fields import (
     absolute_path,
     capability,
     dns_label,
+    dns_subdomain,
     env_name,
     label_value,
     line_of,
@@ -67,9 +68,10 @@ _METADATA = schema(
 )
 _SPEC = schema(
     "containers initContainers volumes restartPolicy hostNetwork hostPID hostIPC"
-    " shareProcessNamespace hostname terminationGracePeriodSeconds securityContext",
-    "activeDeadlineSeconds affinity automountServiceAccountToken dnsConfig dnsPolicy"
-    " enableServiceLinks ephemeralContainers hostAliases hostUsers imagePullSecrets nodeName"
+    " shareProcessNamespace hostname terminationGracePeriodSeconds securityContext"
+    " hostAliases dnsPolicy dnsConfig",
+    "activeDeadlineSeconds affinity automountServiceAccountToken"
+    " enableServiceLinks ephemeralContainers hostUsers imagePullSecrets nodeName"
     " nodeSelector os overhead preemptionPolicy priority priorityClassName readinessGates"
     " resourceClaims runtimeClassName schedulerName schedulingGates serviceAccount"
     " serviceAccountName setHostnameAsFQDN subdomain tolerations topologySpreadConstraints",
@@ -109,6 +111,13 @@ _VOLUME = schema(
 _HOST_PATH = schema("path type")
 _EMPTY_DIR = schema("medium sizeLimit")
 _MEDIA = ("", "Memory")
+_HOST_ALIAS = schema("ip hostnames")
+_DNS_CONFIG = schema("nameservers searches options")
+_DNS_OPTION = schema("name value")
+# Kubernetes' limits (ValidatePodDNSConfig): glibc reads at most 3 name servers.
+MAX_NAMESERVERS = 3
+MAX_SEARCHES = 32
+MAX_SEARCH_CHARS = 2048
 
 
 def load_pods(path: str | os.PathLike[str]) -> list[spec.Pod]:
@@ -275,6 +284,7 @@ def _spec(fields: Fields) -> spec.PodSpec:
     if host_pid and share:
         fields.error("shareProcessNamespace", "cannot be true when hostPID is true")
     grace = fields.integer("terminationGracePeriodSeconds", 0, INT64_MAX)
+    dns_policy, dns_config = _dns(fields)
     return spec.PodSpec(
         containers=containers,
         init_containers=init,
@@ -287,7 +297,71 @@ def _spec(fields: Fields) -> spec.PodSpec:
         hostname=fields.string("hostname", dns_label),
         termination_grace_period_seconds=30 if grace is None else grace,
         security_context=security,
+        host_aliases=_host_aliases(fields),
+        dns_policy=dns_policy,
+        dns_config=dns_config,
     )
+
+
+def _host_aliases(fields: Fields) -> tuple[spec.HostAlias, ...]:
+    aliases = []
+    for path, node in fields.sequence("hostAliases"):
+        alias = fields.walker.mapping(node, path, _HOST_ALIAS)
+        ip = alias.string("ip", _ip_problem, required=True)
+        hostnames = []
+        for name_path, name_node in alias.sequence("hostnames"):
+            name = alias.walker.string(name_node, name_path, dns_subdomain)
+            if name is not None:
+                hostnames.append(name)
+        aliases.append(spec.HostAlias(ip or "", tuple(hostnames)))
+    return tuple(aliases)
+
+
+def _dns(fields: Fields) -> tuple[str, spec.DNSConfig | None]:
+    """dnsPolicy and dnsConfig, checked together as Kubernetes does."""
+    policy = fields.choice("dnsPolicy", spec.DNS_POLICIES)
+    config_fields = fields.mapping("dnsConfig", _DNS_CONFIG)
+    config = _dns_config(config_fields) if config_fields.present else None
+    if policy == "None" and (config is None or not config.nameservers):
+        fields.error("dnsPolicy", "None needs dnsConfig with at least one nameserver")
+    return policy or "ClusterFirst", config
+
+
+def _dns_config(fields: Fields) -> spec.DNSConfig:
+    nameservers = [
+        server
+        for path, node in fields.sequence("nameservers")
+        if (server := fields.walker.string(node, path, _ip_problem)) is not None
+    ]
+    if len(nameservers) > MAX_NAMESERVERS:
+        fields.error("nameservers", f"must not list more than {MAX_NAMESERVERS} name servers")
+    searches = [
+        domain
+        for path, node in fields.sequence("searches")
+        if (domain := fields.walker.string(node, path, _search_problem)) is not None
+    ]
+    if len(searches) > MAX_SEARCHES:
+        fields.error("searches", f"must not list more than {MAX_SEARCHES} domains")
+    elif sum(len(s) for s in searches) + len(searches) > MAX_SEARCH_CHARS:
+        fields.error("searches", f"must not be longer than {MAX_SEARCH_CHARS} characters in all")
+    options = []
+    for path, node in fields.sequence("options"):
+        option = fields.walker.mapping(node, path, _DNS_OPTION)
+        name = option.string("name", _dns_option_problem, required=True)
+        options.append(spec.DNSOption(name or "", option.string("value", _dns_option_problem)))
+    return spec.DNSConfig(tuple(nameservers), tuple(searches), tuple(options))
+
+
+def _search_problem(text: str) -> str | None:
+    # A trailing dot is the fully qualified spelling of the same domain.
+    return dns_subdomain(text[:-1] if text.endswith(".") and len(text) > 1 else text)
+
+
+def _dns_option_problem(text: str) -> str | None:
+    # Each option becomes one word of a resolv.conf line.
+    if not text or any(c.isspace() for c in text):
+        return f'"{text}" must be a non-empty word without white space'
+    return None
 
 
 def _pod_security(fields: Fields) -> spec.PodSecurityContext:

@@ -9,19 +9,22 @@ pod start stays cheap, and a person can read or replay a plan by hand.
 
 from __future__ import annotations
 
+import os
+import re
 import stat
 import time
-import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from podunit.capabilities import effective_capabilities
 from podunit.errors import PodunitError
-from podunit.images.store import Image
 from podunit.paths import SANDBOXES
 from podunit.spec import Container, Pod, Volume
 from podunit.systemd import names
+
+if TYPE_CHECKING:
+    from podunit.images.store import Image
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STANDARD_POD_FILES = ("hostname", "hosts", "resolv.conf")
@@ -76,6 +79,27 @@ class AppPlan(TypedDict):
     cpu_request_millis: int | None
 
 
+class PortMappingPlan(TypedDict):
+    """One hostPort, in the shape of CNI's `portMappings` capability."""
+
+    hostPort: int
+    containerPort: int
+    protocol: str  # "tcp" | "udp" | "sctp"
+    hostIP: str  # "" = every address
+
+
+class HostAliasPlan(TypedDict):
+    ip: str
+    hostnames: list[str]
+
+
+class DnsPlan(TypedDict):
+    policy: str  # Kubernetes dnsPolicy
+    nameservers: list[str]  # from dnsConfig, merged at start time
+    searches: list[str]
+    options: list[str]  # resolv.conf words: "ndots:2", "edns0"
+
+
 class PodPlan(TypedDict):
     name: str
     uid: str
@@ -83,7 +107,11 @@ class PodPlan(TypedDict):
     source: str
     hostname: str
     host_network: bool
-    network: str  # "host" | "none" (loopback only); CNI modes come with pod networking
+    network: str  # "host" | "none" (loopback only) | "cni" (a private network namespace)
+    cni_network: str  # the CNI network's name; "" = the default network
+    port_mappings: list[PortMappingPlan]
+    host_aliases: list[HostAliasPlan]
+    dns: DnsPlan
     host_pid: bool
     host_ipc: bool
     share_pid: bool
@@ -100,21 +128,38 @@ class PodPlan(TypedDict):
 
 
 def make_pod_plan(
-    pod: Pod, images: Mapping[str, Image], *, runtime_dir: Path, state_dir: Path
+    pod: Pod,
+    images: Mapping[str, Image] | None,
+    *,
+    runtime_dir: Path,
+    state_dir: Path,
+    sandbox_unit: str | None = None,
 ) -> PodPlan:
-    """Plan `pod`; `images` maps each container's image string to its Image."""
+    """Plan `pod`; `images` maps each container's image string to its Image.
+
+    With `images=None` the plan holds only what the units need (the
+    generator compiles units at boot, before any image is pulled): fields
+    that come from images stay empty, and `podunit prepare` fills them in
+    when the pod starts."""
     name = pod.name
     pod_runtime = runtime_dir / SANDBOXES / name
     pod_state = state_dir / "pods" / name
     volumes = [_plan_volume(v, pod_runtime, pod_state) for v in pod.spec.volumes]
+    network, cni_network = _network_mode(pod)
     plan = PodPlan(
         name=name,
-        uid=str(uuid.uuid4()),
+        uid=_random_uuid(),
         created=time.time(),
         source=pod.source,
         hostname=pod.spec.hostname or name.split(".", 1)[0],
         host_network=pod.spec.host_network,
-        network="host" if pod.spec.host_network else "none",
+        network=network,
+        cni_network=cni_network,
+        port_mappings=_port_mappings(pod) if network == "cni" else [],
+        host_aliases=[
+            HostAliasPlan(ip=a.ip, hostnames=list(a.hostnames)) for a in pod.spec.host_aliases
+        ],
+        dns=_dns_plan(pod),
         host_pid=pod.spec.host_pid,
         host_ipc=pod.spec.host_ipc,
         share_pid=pod.spec.share_process_namespace,
@@ -123,7 +168,7 @@ def make_pod_plan(
         runtime_dir=str(pod_runtime),
         state_dir=str(pod_state),
         slice=names.slice_unit(name),
-        sandbox_unit=names.sandbox_unit(name),
+        sandbox_unit=sandbox_unit or names.sandbox_unit(name),
         volumes=volumes,
         init_apps=[],
         apps=[],
@@ -132,11 +177,76 @@ def make_pod_plan(
     by_name = {v["name"]: v for v in volumes}
     for init, containers in ((True, pod.spec.init_containers), (False, pod.spec.containers)):
         for container in containers:
-            app = _plan_app(
-                pod, container, images[container.image], by_name, pod_runtime, pod_state, init=init
-            )
+            image = images[container.image] if images is not None else None
+            app = _plan_app(pod, container, image, by_name, pod_runtime, pod_state, init=init)
             (plan["init_apps"] if init else plan["apps"]).append(app)
     return plan
+
+
+NETWORK_ANNOTATION = "podunit.io/network"
+
+
+def _network_mode(pod: Pod) -> tuple[str, str]:
+    """(mode, CNI network name): hostNetwork is "host"; the annotation
+    `podunit.io/network` says "none" (loopback only) or names a CNI network;
+    otherwise the default CNI network."""
+    choice = pod.metadata.annotations.get(NETWORK_ANNOTATION, "")
+    where = f"{pod.source}:{pod.line}: annotation {NETWORK_ANNOTATION}"
+    if pod.spec.host_network:
+        if choice not in ("", "host"):
+            raise PlanError(f'{where}: "{choice}" contradicts hostNetwork: true')
+        return "host", ""
+    if choice == "none":
+        for container in pod.spec.containers:
+            if any(port.host_port is not None for port in container.ports):
+                raise PlanError(f"{where}: none: container {container.name} has a hostPort")
+        return "none", ""
+    if choice == "host":
+        raise PlanError(f'{where}: use hostNetwork: true for the host\'s network, not "host"')
+    if choice and not _CNI_NAME.fullmatch(choice):
+        raise PlanError(f'{where}: "{choice}" is neither "none" nor a CNI network name')
+    return "cni", choice
+
+
+_CNI_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
+
+
+def _port_mappings(pod: Pod) -> list[PortMappingPlan]:
+    return [
+        PortMappingPlan(
+            hostPort=port.host_port,
+            containerPort=port.container_port,
+            protocol=port.protocol.lower(),
+            hostIP=port.host_ip or "",
+        )
+        for container in pod.spec.containers
+        for port in container.ports
+        if port.host_port is not None
+    ]
+
+
+def _dns_plan(pod: Pod) -> DnsPlan:
+    config = pod.spec.dns_config
+    options = (
+        [o.name if o.value is None else f"{o.name}:{o.value}" for o in config.options]
+        if config
+        else []
+    )
+    return DnsPlan(
+        policy=pod.spec.dns_policy,
+        nameservers=list(config.nameservers) if config else [],
+        searches=list(config.searches) if config else [],
+        options=options,
+    )
+
+
+def _random_uuid() -> str:
+    """A version 4 UUID without importing uuid (slow to import at boot)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _plan_volume(volume: Volume, pod_runtime: Path, pod_state: Path) -> VolumePlan:
@@ -165,7 +275,7 @@ def _plan_volume(volume: Volume, pod_runtime: Path, pod_state: Path) -> VolumePl
 def _plan_app(
     pod: Pod,
     container: Container,
-    image: Image,
+    image: Image | None,
     volumes: Mapping[str, VolumePlan],
     pod_runtime: Path,
     pod_state: Path,
@@ -175,7 +285,10 @@ def _plan_app(
     where = f"{pod.source}:{container.line}: container {container.name}"
     app_state = pod_state / "apps" / container.name
     sc = container.security_context
-    uid, gid, home = _resolve_user(pod, container, image, where)
+    if image is None:  # units only: no image yet, see make_pod_plan
+        uid, gid, home = 0, 0, "/"
+    else:
+        uid, gid, home = _resolve_user(pod, container, image, where)
     run_as_non_root = sc.run_as_non_root
     if run_as_non_root is None:
         run_as_non_root = pod.spec.security_context.run_as_non_root
@@ -187,13 +300,13 @@ def _plan_app(
         unit=names.app_unit(pod.name, container.name),
         init=init,
         image=container.image,
-        layers=[str(layer) for layer in image.layers],
+        layers=[str(layer) for layer in image.layers] if image else [],
         upper=str(app_state / "upper"),
         work=str(app_state / "work"),
         rootfs=str(pod_runtime / "apps" / container.name / "rootfs"),
-        argv=_make_argv(container, image, where),
-        env=_make_env(pod, container, image, home),
-        cwd=container.working_dir or image.config.working_dir or "/",
+        argv=_make_argv(container, image, where) if image else [],
+        env=_make_env(pod, container, image.config.env if image else (), home),
+        cwd=container.working_dir or (image.config.working_dir if image else "") or "/",
         uid=uid,
         gid=gid,
         groups=[gid],
@@ -226,9 +339,9 @@ def _make_argv(container: Container, image: Image, where: str) -> list[str]:
     return argv
 
 
-def _make_env(pod: Pod, container: Container, image: Image, home: str) -> list[str]:
+def _make_env(pod: Pod, container: Container, image_env: Sequence[str], home: str) -> list[str]:
     env: dict[str, str] = {"PATH": DEFAULT_PATH}
-    for item in image.config.env:
+    for item in image_env:
         key, _, value = item.partition("=")
         if key:
             env[key] = value
@@ -346,8 +459,6 @@ def _read_image_table(image: Image, relpath: str) -> list[list[str]]:
     """Read a colon table (/etc/passwd, /etc/group) from the topmost layer
     that has it. Layers are hostile: the path is resolved inside the layer
     (a symlinked /etc must not lead to the host's files)."""
-    import os
-
     from podunit.kernel.openat2 import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
 
     for layer in reversed(image.layers):

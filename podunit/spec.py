@@ -25,6 +25,7 @@ HOST_PATH_TYPES = (
     "BlockDevice",
 )
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+DNS_POLICIES = ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None")
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,29 @@ class ObjectMeta:
 
 
 @dataclass(frozen=True)
+class HostAlias:
+    """One /etc/hosts line the pod gets beside its own names."""
+
+    ip: str
+    hostnames: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DNSOption:
+    name: str
+    value: str | None = None
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    """spec.dnsConfig: merged into the resolv.conf that dnsPolicy selects."""
+
+    nameservers: tuple[str, ...] = ()
+    searches: tuple[str, ...] = ()
+    options: tuple[DNSOption, ...] = ()
+
+
+@dataclass(frozen=True)
 class PodSpec:
     containers: tuple[Container, ...]
     init_containers: tuple[Container, ...] = ()
@@ -146,6 +170,9 @@ class PodSpec:
     hostname: str | None = None
     termination_grace_period_seconds: int = 30
     security_context: PodSecurityContext = field(default_factory=PodSecurityContext)
+    host_aliases: tuple[HostAlias, ...] = ()
+    dns_policy: str = "ClusterFirst"
+    dns_config: DNSConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,9 @@ class PodStatus:
     slice: str
     apps: list[AppStatus] = field(default_factory=list)
     init_apps: list[AppStatus] = field(default_factory=list)
+    network: str = ""  # "host" | "none" | "cni"
+    ip: str | None = None  # the pod's address on its CNI network
+    network_check: str | None = None  # CNI CHECK: "ok" or what failed; None = not checked
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -25,6 +25,7 @@ import shutil
 import signal
 import stat
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,14 +62,52 @@ def start_app(pod: str, name: str, *, debug: bool = False) -> int:
     app = next((a for a in plan["init_apps"] + plan["apps"] if a["name"] == name), None)
     if app is None:
         fail(f"pod {pod} has no container {name}")
+    handover = systemd_handover(plan, app)
     try:
         join_pod_namespaces(plan)
         sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP | (_pid_flag(plan)))
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
-        prepare_root(plan, app, debug=debug)
+        prepare_root(plan, app, handover.mounts, debug=debug)
     except OSError as exc:
         fail(f"setting up container {name}: {exc}")
-    return fork_app(plan, app, debug=debug)
+    return fork_app(plan, app, handover, debug=debug)
+
+
+CONTAINER_NOTIFY_SOCKET = "/run/host/notify"
+
+
+@dataclass(frozen=True)
+class Handover:
+    """What systemd gave stage1 that belongs to the app: the notification
+    socket (for the pod's notify container) and socket-activation fds."""
+
+    env: dict[str, str]
+    mounts: list[m.MountOp]
+    app_notifies: bool  # the app sends READY=1 itself
+    listen_fds: int
+
+
+def systemd_handover(plan: PodPlan, app: AppPlan) -> Handover:
+    env: dict[str, str] = {}
+    mounts: list[m.MountOp] = []
+    notifies = plan["annotations"].get("podunit.io/notify") == app["name"]
+    socket = os.environ.get("NOTIFY_SOCKET", "")
+    if notifies and socket.startswith("/"):
+        mounts.append(
+            m.BindMount(
+                CONTAINER_NOTIFY_SOCKET, source=socket, is_file=True, recursive=False, extra_flags=0
+            )
+        )
+        env["NOTIFY_SOCKET"] = CONTAINER_NOTIFY_SOCKET
+    # Socket activation: fds 3.. are ours only when LISTEN_PID names us.
+    listen_fds = 0
+    if os.environ.get("LISTEN_PID") == str(os.getpid()):
+        listen_fds = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    if listen_fds:
+        env["LISTEN_FDS"] = str(listen_fds)
+        if os.environ.get("LISTEN_FDNAMES"):
+            env["LISTEN_FDNAMES"] = os.environ["LISTEN_FDNAMES"]
+    return Handover(env, mounts, notifies and bool(socket), listen_fds)
 
 
 def _pid_flag(plan: PodPlan) -> int:
@@ -98,7 +137,7 @@ def _setns_file(path: Path, nstype: int) -> None:
         os.close(fd)
 
 
-def prepare_root(plan: PodPlan, app: AppPlan, *, debug: bool) -> None:
+def prepare_root(plan: PodPlan, app: AppPlan, extra: list[m.MountOp], *, debug: bool) -> None:
     reset_dir(app["upper"])
     reset_dir(app["work"])
     rootfs = app["rootfs"]
@@ -106,7 +145,7 @@ def prepare_root(plan: PodPlan, app: AppPlan, *, debug: bool) -> None:
     lower = ":".join(reversed(app["layers"])) or _empty_layer()
     options = f"lowerdir={lower},upperdir={app['upper']},workdir={app['work']}"
     sc.mount("overlay", rootfs, "overlay", 0, options)
-    ops = make_root_ops(plan, app)
+    ops = make_root_ops(plan, app) + extra
     m.execute_all(rootfs, ops, debug=debug)
 
 
@@ -220,7 +259,7 @@ def _check_host_path_type(path: str, kind: str) -> None:
         raise OSError(22, f"hostPath is not of type {kind}", path)
 
 
-def fork_app(plan: PodPlan, app: AppPlan, *, debug: bool) -> int:
+def fork_app(plan: PodPlan, app: AppPlan, handover: Handover, *, debug: bool) -> int:
     """Fork the app and hand it the unit. The child reports on `status`:
     b"S" once it is set up and about to exec, or an error text. It then waits
     on `go` until systemd has *processed* MAINPID/READY (a notify barrier):
@@ -232,13 +271,15 @@ def fork_app(plan: PodPlan, app: AppPlan, *, debug: bool) -> int:
     if pid == 0:
         os.close(status_r)
         os.close(go_w)
-        _child(plan, app, status_w, go_r)  # never returns
+        _child(plan, app, handover, status_w, go_r)  # never returns
     os.close(status_w)
     os.close(go_r)
     with os.fdopen(status_r, "rb") as status:
         first = status.read(1)
         if first == b"S" and not app["init"]:
-            sd_notify(f"MAINPID={pid}\nREADY=1\n")
+            # A notify container says READY=1 itself, when it is ready.
+            ready = "" if handover.app_notifies else "READY=1\n"
+            sd_notify(f"MAINPID={pid}\n{ready}")
             sd_notify_barrier()
         os.close(go_w)  # EOF on `go`: exec now
         error = (
@@ -271,10 +312,12 @@ def restore_signals() -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
-def _child(plan: PodPlan, app: AppPlan, status_fd: int, go_fd: int) -> None:
+def _child(plan: PodPlan, app: AppPlan, handover: Handover, status_fd: int, go_fd: int) -> None:
     try:
         enter_root(plan, app)
-        env = _env_dict(app["env"])
+        env = _env_dict(app["env"]) | handover.env
+        if handover.listen_fds:
+            env["LISTEN_PID"] = str(os.getpid())  # as the app sees itself (1 in its PID namespace)
         executable = find_executable(app["argv"][0], env.get("PATH", ""))
         drop_privileges(app)
         restore_signals()

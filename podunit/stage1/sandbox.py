@@ -20,10 +20,12 @@ import os
 import shutil
 import socket
 import struct
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from podunit.kernel import syscalls as sc
+from podunit.network import podfiles as pf
 from podunit.paths import sandboxes_dir
 from podunit.stage1.common import fail, load_plan, mkdirs
 
@@ -41,7 +43,6 @@ def pod_up(pod: str) -> int:
     pod_dir = Path(plan["runtime_dir"])
     for app in plan["init_apps"] + plan["apps"]:
         mkdirs(pod_dir / "apps" / app["name"] / "rootfs")
-    write_pod_files(plan["hostname"], pod_dir / "etc", host_network=plan["host_network"])
     if not plan["host_ipc"]:
         mount_tmpfs(pod_dir / "shm", SHM_OPTIONS)
     for volume in plan["volumes"]:
@@ -53,42 +54,59 @@ def pod_up(pod: str) -> int:
             os.chmod(volume["path"], 0o777)  # emptyDir is world-writable in Kubernetes
     kinds = [k for k in NAMESPACES if not _uses_host(plan, k)]
     create_namespaces(pod_dir / "ns", kinds, plan["hostname"])
+    # Before the pod files: /etc/hosts names the pod's IP.
+    pod_ip = attach_network(plan) if plan["network"] == "cni" else None
+    write_pod_files(plan, pod_dir / "etc", pod_ip)
     if plan["share_pid"]:
         start_pause_process(pod_dir / "ns")
+    if machined_available():
+        from podunit.stage1.machined import register_machine
+
+        register_machine(plan["name"], plan["uid"])
     return 0
+
+
+def machined_available() -> bool:
+    """systemd-machined is installed (it is bus-activated on first use)."""
+    return any(
+        os.path.exists(f"{d}/systemd-machined.service")
+        for d in ("/usr/lib/systemd/system", "/lib/systemd/system", "/etc/systemd/system")
+    )
 
 
 def _uses_host(plan: PodPlan, kind: str) -> bool:
     return plan["host_network"] if kind in ("uts", "net") else plan["host_ipc"]
 
 
-def write_pod_files(hostname: str, etc: Path, *, host_network: bool) -> None:
+def attach_network(plan: PodPlan) -> str | None:
+    """CNI ADD for the pinned network namespace; the pod's IP. Imported
+    here: only pods on a CNI network pay for it."""
+    from podunit.errors import PodunitError
+    from podunit.network.pod import attach, result_ip
+
+    try:
+        return result_ip(attach(plan))
+    except PodunitError as exc:
+        fail(str(exc))
+
+
+def write_pod_files(plan: PodPlan, etc: Path, pod_ip: str | None) -> None:
+    host_network = plan["host_network"]
+    hostname = socket.gethostname() if host_network else plan["hostname"]
+    # Plans written before pod networking have no aliases or DNS settings.
+    aliases = plan.get("host_aliases") or []
+    dns = plan.get("dns") or pf.DEFAULT_DNS
+    host_hosts = _read("/etc/hosts") if host_network else None
+    resolv = pf.resolv_conf(
+        dns,
+        _read("/etc/resolv.conf"),
+        host_network=host_network,
+        upstream=_read(pf.RESOLVED_UPSTREAM),
+    )
     mkdirs(etc)
-    if host_network:
-        hostname = socket.gethostname()
-        hosts = _read("/etc/hosts")
-    else:
-        hosts = (
-            "127.0.0.1\tlocalhost\n"
-            "::1\tlocalhost ip6-localhost ip6-loopback\n"
-            f"127.0.1.1\t{hostname}\n"
-        )
     _write_atomic(etc / "hostname", f"{hostname}\n")
-    _write_atomic(etc / "hosts", hosts)
-    _write_atomic(etc / "resolv.conf", pod_resolv_conf(_read("/etc/resolv.conf")))
-
-
-def pod_resolv_conf(host: str) -> str:
-    """The host's resolv.conf without loopback name servers: a stub resolver
-    on the host's 127.0.0.53 is unreachable from the pod's network."""
-    lines = []
-    for line in host.splitlines():
-        words = line.split()
-        if words[:1] == ["nameserver"] and len(words) > 1:
-            if words[1].startswith("127.") or words[1] == "::1":
-                continue
-        lines.append(line)
-    return "\n".join(lines) + ("\n" if lines else "")
+    _write_atomic(etc / "hosts", pf.hosts_file(hostname, pod_ip, aliases, host_hosts=host_hosts))
+    _write_atomic(etc / "resolv.conf", resolv)
 
 
 def _read(path: str) -> str:
@@ -121,13 +139,24 @@ def create_namespaces(ns_dir: Path, kinds: list[str], hostname: str) -> None:
         flags |= NAMESPACES[kind]
     if not flags:
         return
-    sc.unshare(flags)
-    if "uts" in kinds:
-        socket.sethostname(hostname)
-    if "net" in kinds:
-        bring_up_loopback()
-    for kind in kinds:
-        pin_namespace(f"/proc/self/ns/{kind}", ns_dir / kind)
+    # CNI plugins run from this process must start in the host's network
+    # namespace (they create the bridge and the host end of the veth there),
+    # so we return to the original namespaces once the new ones are pinned.
+    originals = {
+        kind: os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in kinds
+    }
+    try:
+        sc.unshare(flags)
+        if "uts" in kinds:
+            socket.sethostname(hostname)
+        if "net" in kinds:
+            bring_up_loopback()
+        for kind in kinds:
+            pin_namespace(f"/proc/self/ns/{kind}", ns_dir / kind)
+    finally:
+        for kind, fd in originals.items():
+            sc.setns(fd, NAMESPACES[kind])
+            os.close(fd)
 
 
 def pin_namespace(source: str, target: Path) -> None:
@@ -171,6 +200,8 @@ def pod_down(pod: str) -> int:
         plan = load_plan(pod)
     except FileNotFoundError:
         plan = None
+    # Before the netns goes: bridge's DEL needs it to find the pod's addresses.
+    network_ok = detach_network(pod)
     for ns in ("pid", "net", "ipc", "uts"):
         _unmount(pod_dir / "ns" / ns)
     _unmount(pod_dir / "shm")
@@ -179,7 +210,25 @@ def pod_down(pod: str) -> int:
             _unmount(Path(volume["path"]))
     for path in (pod_dir / "ns", pod_dir / "shm", pod_dir / "volumes"):
         shutil.rmtree(path, ignore_errors=True)
-    return 0
+    return 0 if network_ok else 1
+
+
+def detach_network(pod: str) -> bool:
+    """CNI DEL if the pod is attached (whatever its plan says now: the cache
+    decides). False if DEL failed; the rest of pod-down goes on regardless."""
+    from podunit.network.cache import record_path
+
+    if not record_path(pod).exists():
+        return True
+    from podunit.errors import PodunitError
+    from podunit.network.pod import detach
+
+    try:
+        detach(pod)
+    except PodunitError as exc:
+        print(f"podunit-stage1: pod {pod}: {exc} (podunit gc retries)", file=sys.stderr)
+        return False
+    return True
 
 
 def _unmount(path: Path) -> None:

@@ -60,24 +60,112 @@ class Stage1Command:
 
     argv: tuple[str, ...]  # e.g. ("/usr/bin/python3", "-m", "podunit.stage1")
     environment: tuple[str, ...] = ()  # "K=V" for stage1 only (apps get theirs from the plan)
+    cli: tuple[str, ...] = ("/usr/bin/podunit",)  # the CLI, for `podunit prepare` at boot
+
+
+def stage1_command() -> Stage1Command:
+    """Run stage1 with this interpreter; point it at this copy of podunit
+    when that copy is not installed where the interpreter looks anyway."""
+    import os
+    import sys
+    from pathlib import Path
+
+    import podunit
+
+    package_parent = str(Path(podunit.__file__).resolve().parent.parent)
+    env = []
+    if not package_parent.endswith(("site-packages", "dist-packages")):
+        env.append(f"PYTHONPATH={package_parent}")
+    for var in ("PODUNIT_RUNTIME_DIR", "PODUNIT_STATE_DIR"):
+        if os.environ.get(var):
+            env.append(f"{var}={os.environ[var]}")
+    return Stage1Command(
+        (sys.executable, "-m", "podunit.stage1"), tuple(env), cli=(sys.executable, "-m", "podunit")
+    )
+
+
+ANNOTATION_PREFIX = "podunit.io/"
+NOTIFY_ANNOTATION = "podunit.io/notify"
+WANTED_BY_ANNOTATION = "podunit.io/wanted-by"
 
 
 def _exec(name: str, argv: Sequence[str], *, ignore_failure: bool = False) -> Property:
     return Property(name, "a(sasb)", [(argv[0], list(argv), ignore_failure)])
 
 
-def compile_pod(plan: PodPlan, stage1: Stage1Command) -> list[Unit]:
-    """All units of a pod; the sandbox unit comes first (it is the one to start)."""
+def compile_pod(
+    plan: PodPlan, stage1: Stage1Command, *, boot: bool = False, sockets: Sequence[str] = ()
+) -> list[Unit]:
+    """All units of a pod; the sandbox unit comes first (it is the one to start).
+
+    `boot`: the sandbox is the `pod@NAME.service` template instance, which
+    prepares the pod (manifest, images, plan) itself when it starts.
+    `sockets`: socket units whose listening fds the first container inherits."""
+    notify = notify_app(plan)
     init_units = [a["unit"] for a in plan["init_apps"]]
-    app_units = [a["unit"] for a in plan["apps"]]
-    units = [make_sandbox_unit(plan, stage1, init_units + app_units), make_slice_unit(plan)]
+    # A notify container is started by the sandbox itself (see make_sandbox_unit), so
+    # that the sandbox becomes active only once that container said READY=1.
+    app_units = [a["unit"] for a in plan["apps"] if a["name"] != notify]
+    units = [
+        make_sandbox_unit(plan, stage1, init_units + app_units, boot=boot),
+        make_slice_unit(plan),
+    ]
     previous: str | None = None
     for app in plan["init_apps"]:
         units.append(make_app_unit(plan, app, stage1, after_init=previous))
         previous = app["unit"]
-    for app in plan["apps"]:
-        units.append(make_app_unit(plan, app, stage1, after_init=previous))
+    for index, app in enumerate(plan["apps"]):
+        units.append(
+            make_app_unit(
+                plan, app, stage1, after_init=previous, sockets=sockets if index == 0 else ()
+            )
+        )
     return units
+
+
+def notify_app(plan: PodPlan) -> str | None:
+    """The container named by the `podunit.io/notify` annotation, if any."""
+    name = plan["annotations"].get(NOTIFY_ANNOTATION)
+    if name is None:
+        return None
+    if name not in [a["name"] for a in plan["apps"]]:
+        from podunit.plan import PlanError
+
+        raise PlanError(f'annotation {NOTIFY_ANNOTATION}: pod has no container "{name}"')
+    return name
+
+
+def annotation_units(plan: PodPlan, key: str) -> list[str]:
+    """Comma-separated unit names of an annotation; a bare pod name (no unit
+    suffix) means that pod's `pod@NAME.service`."""
+    text = plan["annotations"].get(ANNOTATION_PREFIX + key, "")
+    units = []
+    for word in (w.strip() for w in text.split(",")):
+        if not word:
+            continue
+        units.append(
+            word
+            if "." in word.rsplit("@", 1)[-1] and _has_unit_suffix(word)
+            else f"pod@{word}.service"
+        )
+    return units
+
+
+def _has_unit_suffix(name: str) -> bool:
+    suffixes = (
+        ".service",
+        ".socket",
+        ".target",
+        ".mount",
+        ".path",
+        ".timer",
+        ".slice",
+        ".device",
+        ".scope",
+        ".swap",
+        ".automount",
+    )
+    return name.endswith(suffixes)
 
 
 def make_slice_unit(plan: PodPlan) -> Unit:
@@ -96,37 +184,73 @@ def make_slice_unit(plan: PodPlan) -> Unit:
     return Unit(plan["slice"], tuple(props))
 
 
-def make_sandbox_unit(plan: PodPlan, stage1: Stage1Command, apps: Sequence[str]) -> Unit:
+def make_sandbox_unit(
+    plan: PodPlan, stage1: Stage1Command, apps: Sequence[str], *, boot: bool = False
+) -> Unit:
     name = plan["name"]
+    wants, after = list(apps), []
+    if plan["network"] != "none":
+        wants.append("network-online.target")
+        after.append("network-online.target")
+    wants += annotation_units(plan, "wants")
+    after += annotation_units(plan, "after") + annotation_units(plan, "requires")
     props = [
-        Property("Description", "s", f"podunit pod {name} (sandbox)"),
+        Property("Description", "s", f"podunit pod {name}"),
         Property("Slice", "s", plan["slice"]),
         Property("Type", "s", "oneshot"),
         Property("RemainAfterExit", "b", True),
+    ]
+    if boot:
+        # Images may have to be pulled: no start timeout for a boot pod.
+        props.append(_exec("ExecStartPre", [*stage1.cli, "prepare", name]))
+        props.append(Property("TimeoutStartUSec", "t", USEC_INFINITY))
+    else:
+        props.append(Property("TimeoutStartUSec", "t", 90 * USEC))
+    props += [
         _exec("ExecStart", [*stage1.argv, "pod-up", name]),
         _exec("ExecStopPost", [*stage1.argv, "pod-down", name]),
-        Property("Wants", "as", list(apps)),
-        Property("CollectMode", "s", "inactive-or-failed"),
-        Property("TimeoutStartUSec", "t", 90 * USEC),
+        Property("Wants", "as", wants),
+        *([Property("After", "as", after)] if after else []),
+        *(
+            [Property("Requires", "as", annotation_units(plan, "requires"))]
+            if annotation_units(plan, "requires")
+            else []
+        ),
         Property("SyslogIdentifier", "s", f"podunit/{name}"),
     ]
+    if not boot:
+        props.append(Property("CollectMode", "s", "inactive-or-failed"))
+    notify = notify_app(plan)
+    if notify:
+        # Blocks until the container's READY=1: only then is the pod active.
+        unit = next(a["unit"] for a in plan["apps"] if a["name"] == notify)
+        props.append(_exec("ExecStartPost", ["/bin/systemctl", "start", unit]))
     if stage1.environment:
         props.append(Property("Environment", "as", list(stage1.environment)))
     return Unit(plan["sandbox_unit"], tuple(props))
 
 
 def make_app_unit(
-    plan: PodPlan, app: AppPlan, stage1: Stage1Command, *, after_init: str | None
+    plan: PodPlan,
+    app: AppPlan,
+    stage1: Stage1Command,
+    *,
+    after_init: str | None,
+    sockets: Sequence[str] = (),
 ) -> Unit:
     pod, sandbox = plan["name"], plan["sandbox_unit"]
-    after = [sandbox] + ([after_init] if after_init else [])
+    # The notify container starts from the sandbox's ExecStartPost, while the
+    # sandbox is still starting: ordering it after the sandbox would deadlock.
+    is_notify = app["name"] == plan["annotations"].get(NOTIFY_ANNOTATION)
+    after = ([] if is_notify else [sandbox]) + ([after_init] if after_init else [])
     requires = [after_init] if after_init else []
     kind = "init container" if app["init"] else "container"
     props = [
         Property("Description", "s", f"podunit pod {pod} {kind} {app['name']}"),
         Property("Slice", "s", plan["slice"]),
         Property("BindsTo", "as", [sandbox]),
-        Property("After", "as", after),
+        *([Property("After", "as", after)] if after else []),
+        *([Property("Sockets", "as", list(sockets))] if sockets else []),
         *([Property("Requires", "as", requires)] if requires else []),
         _exec("ExecStart", [*stage1.argv, "app", pod, app["name"]]),
         _exec("ExecStopPost", record_exit_command(plan, app)),

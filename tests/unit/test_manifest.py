@@ -634,7 +634,57 @@ SPEC_ERRORS = [
     ),
     (
         "dnsPolicy: None",
-        ["pod.yaml:9: spec.dnsPolicy: unsupported field (podunit does not support it yet)"],
+        ["pod.yaml:9: spec.dnsPolicy: None needs dnsConfig with at least one nameserver"],
+    ),
+    (
+        "dnsPolicy: Cluster",
+        [
+            'pod.yaml:9: spec.dnsPolicy: "Cluster" is not one of "ClusterFirst",'
+            ' "ClusterFirstWithHostNet", "Default", "None"'
+        ],
+    ),
+    (
+        "dnsConfig:\n  nameservers: [1.1.1.1, 1.0.0.1, 8.8.8.8, 8.8.4.4]",
+        ["pod.yaml:10: spec.dnsConfig.nameservers: must not list more than 3 name servers"],
+    ),
+    (
+        "dnsConfig:\n  nameservers: [dns.example]",
+        ['pod.yaml:10: spec.dnsConfig.nameservers[0]: "dns.example" is not an IP address'],
+    ),
+    (
+        "dnsConfig:\n  searches: [Bad_Domain]",
+        [
+            'pod.yaml:10: spec.dnsConfig.searches[0]: "Bad_Domain" is not a valid DNS-1123'
+            " subdomain: lowercase letters, digits, '-' and '.', starting and ending with a"
+            " letter or digit"
+        ],
+    ),
+    (
+        "dnsConfig:\n  options:\n  - value: '2'\n  - {name: 'nd ots'}\n  - {name: x, bad: 1}",
+        [
+            "pod.yaml:11: spec.dnsConfig.options[0].name: required field is missing",
+            'pod.yaml:12: spec.dnsConfig.options[1].name: "nd ots" must be a non-empty word'
+            " without white space",
+            "pod.yaml:13: spec.dnsConfig.options[2].bad: unknown field",
+        ],
+    ),
+    (
+        "dnsConfig:\n  servers: [1.1.1.1]",
+        ["pod.yaml:10: spec.dnsConfig.servers: unknown field"],
+    ),
+    (
+        "hostAliases:\n- ip: 10.0.0.300\n  hostnames: [db]\n- hostnames: [UPPER, ok.example]",
+        [
+            'pod.yaml:10: spec.hostAliases[0].ip: "10.0.0.300" is not an IP address',
+            "pod.yaml:12: spec.hostAliases[1].ip: required field is missing",
+            'pod.yaml:12: spec.hostAliases[1].hostnames[0]: "UPPER" is not a valid DNS-1123'
+            " subdomain: lowercase letters, digits, '-' and '.', starting and ending with a"
+            " letter or digit",
+        ],
+    ),
+    (
+        "hostAliases:\n- {ip: 10.0.0.1, hostnames: db}",
+        ["pod.yaml:10: spec.hostAliases[0].hostnames: expected a list, got a string"],
     ),
     ("contianers: []", ["pod.yaml:9: spec.contianers: unknown field"]),
     (
@@ -1085,3 +1135,38 @@ def test_alias_expansion_is_bounded() -> None:
     lines += [f"  - {{name: c{i}, image: busybox, env: *e}}" for i in range(1000)]
     errors = problems("\n".join(lines) + "\n")
     assert errors == ["pod.yaml: YAML aliases expand to more nodes than any pod needs: refused"]
+
+
+def test_host_aliases_and_dns_config_are_parsed() -> None:
+    text = with_spec(
+        """\
+        hostAliases:
+        - ip: 10.1.2.3
+          hostnames: [db, db.example]
+        - {ip: "fd00::1", hostnames: [v6]}
+        dnsPolicy: None
+        dnsConfig:
+          nameservers: [192.0.2.53]
+          searches: [svc.example, example.]
+          options:
+          - {name: ndots, value: "2"}
+          - name: edns0
+        """
+    )
+    pod = load(text)[0]
+    assert pod.spec.host_aliases == (
+        spec.HostAlias("10.1.2.3", ("db", "db.example")),
+        spec.HostAlias("fd00::1", ("v6",)),
+    )
+    assert pod.spec.dns_policy == "None"
+    assert pod.spec.dns_config == spec.DNSConfig(
+        ("192.0.2.53",),
+        ("svc.example", "example."),
+        (spec.DNSOption("ndots", "2"), spec.DNSOption("edns0")),
+    )
+
+
+def test_dns_defaults_follow_kubernetes() -> None:
+    pod = load(MINIMAL)[0]
+    assert pod.spec.dns_policy == "ClusterFirst"
+    assert pod.spec.dns_config is None and pod.spec.host_aliases == ()
