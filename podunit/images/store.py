@@ -29,10 +29,12 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from podunit.errors import ImageError, IntegrityError
 from podunit.images.compress import BoundedReader, layer_compression
@@ -56,13 +58,31 @@ from podunit.images.oci import (
 from podunit.images.reference import ImageReference
 from podunit.images.unpack import unpack_layer
 
+if TYPE_CHECKING:
+    from podunit.images.progress import Progress
+    from podunit.images.signatures import SignatureSource, Verifier
+
 __all__ = ["Image", "ImageConfig", "ImageStore"]
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_TRANSPORTS = ("oci", "oci-archive")
+SUPPORTED_TRANSPORTS = ("oci", "oci-archive", "docker", "docker-archive")
 DEFAULT_BOMB_MIN = 1 << 30
 DEFAULT_BOMB_RATIO = 100
+DEFAULT_WORKERS = 4  # layers fetched and unpacked at once
+MIN_FREE_FLOOR = 256 << 20
+SPACE_CHECK_EVERY = 16 << 20  # bytes written between free-space checks
+
+
+def default_min_free() -> int | None:
+    """`$PODUNIT_MIN_FREE` (bytes) or None: the larger of 256 MiB and 1% of the fs."""
+    text = os.environ.get("PODUNIT_MIN_FREE", "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ImageError(f"PODUNIT_MIN_FREE={text!r}: expected a number of bytes") from None
 
 
 @dataclass(frozen=True)
@@ -80,8 +100,11 @@ class _Pull:
 
     work: Path
     source: BlobSource
+    progress: Progress | None = None
     blobs: dict[str, Path] = field(default_factory=dict)  # final path -> staged file
     layers: dict[str, Path] = field(default_factory=dict)  # diff hex -> staged layer dir
+    fetched: dict[str, bytes] = field(default_factory=dict)  # JSON docs, by digest
+    cancel: threading.Event = field(default_factory=threading.Event)
 
     def staged_blob(self, name: str) -> Path:
         return self.work / f"blob-{name}"
@@ -93,9 +116,30 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _drain(reader: Readable) -> None:
-    while reader.read(CHUNK):
-        pass
+class _Watched:
+    """A stream that reports progress, stops when the pull is cancelled (a
+    sibling layer failed) and refuses to go on when the disk is nearly full."""
+
+    def __init__(
+        self, src: Readable, pull: _Pull, digest: str | None, space: Callable[[], None]
+    ) -> None:
+        self._src = src
+        self._pull = pull
+        self._digest = digest
+        self._space = space
+        self._since_check = 0
+
+    def read(self, size: int = CHUNK, /) -> bytes:
+        if self._pull.cancel.is_set():
+            raise ImageError("pull cancelled: another layer failed")
+        data = self._src.read(size)
+        self._since_check += len(data)
+        if self._since_check >= SPACE_CHECK_EVERY:
+            self._since_check = 0
+            self._space()
+        if data and self._digest and self._pull.progress is not None:
+            self._pull.progress.layer_advance(self._digest, len(data))
+        return data
 
 
 class ImageStore:
@@ -106,11 +150,18 @@ class ImageStore:
         bomb_min: int = DEFAULT_BOMB_MIN,
         bomb_ratio: int = DEFAULT_BOMB_RATIO,
         keep_layer_blobs: bool = True,
+        verifier: Verifier | None = None,
+        min_free: int | None = None,
+        workers: int = DEFAULT_WORKERS,
     ) -> None:
         self.root = Path(root)
         self.bomb_min = bomb_min
         self.bomb_ratio = bomb_ratio
         self.keep_layer_blobs = keep_layer_blobs
+        self.verifier = verifier
+        # None: the larger of 256 MiB and 1% of the file system (see _check_space).
+        self.min_free = min_free if min_free is not None else default_min_free()
+        self.workers = max(1, workers)
         self.blobs = self.root / "blobs" / "sha256"
         self.layers = self.root / "layers" / "sha256"
         self.images = self.root / "images"
@@ -125,31 +176,23 @@ class ImageStore:
         limited to one page)."""
         return self.layers / check_digest(diff_id) / "rootfs"
 
-    def pull(self, ref: ImageReference) -> Image:
+    def pull(self, ref: ImageReference, *, progress: Progress | None = None) -> Image:
         """Copy the image into the store, verifying everything; return it."""
         if ref.transport not in SUPPORTED_TRANSPORTS:
             raise ImageError(f"{ref}: pulling from {ref.transport} is not supported yet")
         self._ensure_dirs()
-        self._clean_stale_tmp()
         with contextlib.ExitStack() as stack:
+            # Shared: pulls run side by side; gc/rmi take it exclusively so that
+            # they never delete what a pull has published but not yet recorded.
+            stack.enter_context(self._lock("store", shared=True))
+            self._clean_stale_tmp()
             work = stack.enter_context(self._workdir())
-            pull = _Pull(work, stack.enter_context(open_source(ref)))
-            mdesc, mdoc = select_manifest(
-                pull.source, ref.tag, lambda d, what: self._fetch_json(pull, d, what)
-            )
-            manifest = parse_manifest(mdoc, mdesc)
-            cdata = self._fetch_json(pull, manifest.config, "config")
-            config, diff_ids = parse_config(
-                parse_json_object(cdata, f"config {manifest.config.digest}"),
-                f"config {manifest.config.digest}",
-            )
-            if len(manifest.layers) != len(diff_ids):
-                raise IntegrityError(
-                    f"manifest {mdesc.digest}: {len(manifest.layers)} layers but config "
-                    f"{manifest.config.digest} lists {len(diff_ids)} diff_ids"
-                )
+            source = stack.enter_context(_open_source(ref))
+            pull = _Pull(work, source, progress)
+            mdesc, manifest, config, diff_ids = self._resolve(pull, ref)
             for desc in manifest.layers:
                 layer_compression(desc.media_type, f"layer {desc.digest}")  # fail early
+            self._verify_trust(pull, ref, mdesc)
             self._unpack_missing(pull, stack, manifest.layers, diff_ids)
             self._publish(pull)
             record = {
@@ -157,6 +200,8 @@ class ImageStore:
                 "manifest_digest": mdesc.digest,
                 "config_digest": manifest.config.digest,
                 "diff_ids": list(diff_ids),
+                "size": manifest.config.size + sum(d.size for d in manifest.layers),
+                "created": config_created(pull.fetched.get(manifest.config.digest, b"")),
             }
             self._write_record(work, ref, record)
         return Image(
@@ -166,6 +211,40 @@ class ImageStore:
             config,
             tuple(self.layer_dir(d) for d in diff_ids),
         )
+
+    def _resolve(
+        self, pull: _Pull, ref: ImageReference
+    ) -> tuple[Descriptor, Any, ImageConfig, tuple[str, ...]]:
+        """Manifest descriptor, manifest, config and diff_ids, all verified."""
+        tag = None if ref.transport in ("docker", "docker-archive") else ref.tag
+        mdesc, mdoc = select_manifest(
+            pull.source, tag, lambda d, what: self._fetch_json(pull, d, what)
+        )
+        manifest = parse_manifest(mdoc, mdesc)
+        cdata = self._fetch_json(pull, manifest.config, "config")
+        config, diff_ids = parse_config(
+            parse_json_object(cdata, f"config {manifest.config.digest}"),
+            f"config {manifest.config.digest}",
+        )
+        if len(manifest.layers) != len(diff_ids):
+            raise IntegrityError(
+                f"manifest {mdesc.digest}: {len(manifest.layers)} layers but config "
+                f"{manifest.config.digest} lists {len(diff_ids)} diff_ids"
+            )
+        return mdesc, manifest, config, diff_ids
+
+    def _verify_trust(self, pull: _Pull, ref: ImageReference, mdesc: Descriptor) -> None:
+        """Ask the verifier about the top-level manifest (what the reference
+        names: an index for multi-platform images, as signatures are made
+        over it), before any layer is fetched."""
+        if self.verifier is None:
+            return
+        top: tuple[str, bytes] | None = getattr(pull.source, "top", None)
+        digest, data = top if top is not None else (mdesc.digest, pull.fetched[mdesc.digest])
+        sig_source: SignatureSource | None = None
+        if ref.transport == "docker":
+            sig_source = pull.source  # type: ignore[assignment]  # RegistrySource
+        self.verifier(ref, digest, data, sig_source)
 
     def lookup(self, ref: ImageReference) -> Image | None:
         """The stored image for `ref`, or None; never reads the source."""
@@ -227,11 +306,13 @@ class ImageStore:
         hex_ = check_digest(desc.digest, f"{what} digest")
         try:
             with open(self.blobs / hex_, "rb") as f:
-                return read_verified(f, desc, what)
+                pull.fetched[desc.digest] = read_verified(f, desc, what)
+                return pull.fetched[desc.digest]
         except FileNotFoundError:
             pass
         with pull.source.open_blob(desc) as f:
             data = read_verified(f, desc, what)
+        pull.fetched[desc.digest] = data
         staged = pull.staged_blob(hex_)
         if not staged.exists():
             fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
@@ -257,17 +338,46 @@ class ImageStore:
             if hex_ not in wanted and not (self.layers / hex_).is_dir():
                 wanted[hex_] = desc
         # Locks in sorted order: pulls sharing layers cannot deadlock. They
-        # stay held until this pull has published (or failed).
+        # stay held until this pull has published (or failed), so a second
+        # process pulling the same image waits and then finds the layers.
         for hex_ in sorted(wanted):
             stack.enter_context(self._lock(f"sha256-{hex_}"))
+        todo: list[tuple[Descriptor, str]] = []
         for desc, diff_id in zip(layers, diff_ids, strict=True):
             hex_ = diff_id[len("sha256:") :]
-            if hex_ not in wanted or hex_ in pull.layers or (self.layers / hex_).is_dir():
-                continue  # a concurrent pull finished it while we waited
-            staged = pull.work / f"layer-{hex_}"
-            os.mkdir(staged, 0o755)
-            self._unpack_one(pull, desc, diff_id, staged / "rootfs")
-            pull.layers[hex_] = staged
+            if hex_ in wanted and not (self.layers / hex_).is_dir():
+                todo.append((desc, diff_id))
+                wanted.pop(hex_)  # the same layer twice in one image: once
+            elif pull.progress is not None:
+                pull.progress.layer_done(desc.digest, "present")
+        self._check_space(sum(d.size for d, _ in todo))
+        if len(todo) <= 1 or self.workers == 1:
+            for desc, diff_id in todo:
+                self._unpack_task(pull, desc, diff_id)
+            return
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="layer") as pool:
+            futures = [pool.submit(self._unpack_task, pull, d, i) for d, i in todo]
+            errors = []
+            for future in futures:
+                exc = future.exception()
+                if exc is not None:
+                    pull.cancel.set()  # the others stop at their next read
+                    errors.append(exc)
+        # The first real failure, not the "cancelled" of its siblings.
+        real = [e for e in errors if "pull cancelled" not in str(e)]
+        if errors:
+            raise (real or errors)[0]
+
+    def _unpack_task(self, pull: _Pull, desc: Descriptor, diff_id: str) -> None:
+        hex_ = diff_id[len("sha256:") :]
+        staged = pull.work / f"layer-{hex_}"
+        os.mkdir(staged, 0o755)
+        if pull.progress is not None:
+            pull.progress.layer_start(desc.digest, desc.size)
+        self._unpack_one(pull, desc, diff_id, staged / "rootfs")
+        pull.layers[hex_] = staged
+        if pull.progress is not None:
+            pull.progress.layer_done(desc.digest, "pulled")
 
     def _unpack_one(self, pull: _Pull, desc: Descriptor, diff_id: str, rootfs: Path) -> None:
         name = f"layer {desc.digest}"
@@ -281,11 +391,15 @@ class ImageStore:
                 src = stack.enter_context(pull.source.open_blob(desc))
                 if self.keep_layer_blobs:
                     tee = stack.enter_context(open(pull.staged_blob(desc.hex), "xb"))
-            compressed = HashingReader(src, name, desc.size)
+            compressed = HashingReader(
+                _Watched(src, pull, desc.digest, self._check_space), name, desc.size
+            )
             compressed.tee = tee
             try:
-                tar_digest = self._unpack_stream(compressed, kind, rootfs, name)
+                tar_digest = self._unpack_stream(pull, compressed, kind, rootfs, name)
             except ImageError as exc:
+                if "pull cancelled" in str(exc) or "refusing to fill" in str(exc):
+                    raise
                 # Corrupt data usually shows as a tar or gzip error first; a
                 # digest mismatch is the real cause, so report that instead.
                 compressed.drain()
@@ -303,7 +417,9 @@ class ImageStore:
         log.info("unpacked %s (diff_id %s)", name, diff_id)
         self.unpacked.append(diff_id)
 
-    def _unpack_stream(self, compressed: HashingReader, kind: str, rootfs: Path, name: str) -> str:
+    def _unpack_stream(
+        self, pull: _Pull, compressed: HashingReader, kind: str, rootfs: Path, name: str
+    ) -> str:
         """Unpack and read to the end; return the digest of the uncompressed tar."""
         if kind == "none":
             # The blob is the tar: one hash serves as digest and diff_id.
@@ -311,11 +427,27 @@ class ImageStore:
             compressed.drain()
             return compressed.digest
         plain = BoundedReader(compressed, kind, self.bomb_min, self.bomb_ratio)
-        tar = HashingReader(plain, f"{name} (uncompressed)")
+        tar = HashingReader(
+            _Watched(plain, pull, None, self._check_space), f"{name} (uncompressed)"
+        )
         unpack_layer(tar, rootfs, name)
         tar.drain()
         compressed.drain()
         return tar.digest
+
+    def _check_space(self, upcoming: int = 0) -> None:
+        """ImageError while there is still room: never let a pull fill the disk."""
+        st = os.statvfs(self.root)
+        free = st.f_bavail * st.f_frsize
+        keep = self.min_free
+        if keep is None:
+            keep = max(MIN_FREE_FLOOR, st.f_blocks * st.f_frsize // 100)
+        if free - upcoming < keep:
+            need = f" for {upcoming >> 20} MiB of layers" if upcoming else ""
+            raise ImageError(
+                f"image store {self.root}: refusing to fill the disk: {free >> 20} MiB free"
+                f"{need}, keeping at least {keep >> 20} MiB (set PODUNIT_MIN_FREE to change)"
+            )
 
     def _publish(self, pull: _Pull) -> None:
         """Everything verified: rename blobs, then layers, into place."""
@@ -339,10 +471,11 @@ class ImageStore:
             path.chmod(0o700)
 
     @contextlib.contextmanager
-    def _lock(self, name: str, blocking: bool = True) -> Iterator[int]:
+    def _lock(self, name: str, blocking: bool = True, shared: bool = False) -> Iterator[int]:
         fd = os.open(self.locks / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+            fcntl.flock(fd, mode if blocking else mode | fcntl.LOCK_NB)
             yield fd
         finally:
             os.close(fd)
@@ -393,3 +526,30 @@ class ImageStore:
                 continue
             with contextlib.suppress(OSError), self._lock(lock.name[:-5], blocking=False):
                 lock.unlink()
+
+
+def config_created(data: bytes) -> str:
+    """The config's "created" timestamp, "" when absent or unreadable."""
+    try:
+        created = json.loads(data).get("created") if data else None
+    except (ValueError, AttributeError):
+        return ""
+    return created if isinstance(created, str) else ""
+
+
+@contextlib.contextmanager
+def _open_source(ref: ImageReference) -> Iterator[BlobSource]:
+    """The BlobSource for any transport; registry code is imported only when used."""
+    if ref.transport == "docker":
+        from podunit.images.registry import open_registry
+
+        with open_registry(ref) as registry:
+            yield registry
+    elif ref.transport == "docker-archive":
+        from podunit.images.docker_archive import open_docker_archive
+
+        with open_docker_archive(ref) as archive:
+            yield archive
+    else:
+        with open_source(ref) as source:
+            yield source
