@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from podunit.kernel import syscalls as sc
 from podunit.network import podfiles as pf
 from podunit.paths import sandboxes_dir
-from podunit.stage1.common import fail, load_plan, mkdirs
+from podunit.stage1.common import fail, load_plan, mkdirs, unmount_tree
 
 if TYPE_CHECKING:
     from podunit.plan import PodPlan
@@ -208,6 +208,8 @@ def pod_down(pod: str) -> int:
     for volume in plan["volumes"] if plan else []:
         if volume["kind"] == "memory":
             _unmount(Path(volume["path"]))
+    for app_dir in (pod_dir / "apps").glob("*"):
+        unmount_tree(app_dir / "shared")  # staged bidirectional volumes
     for path in (pod_dir / "ns", pod_dir / "shm", pod_dir / "volumes"):
         shutil.rmtree(path, ignore_errors=True)
     return 0 if network_ok else 1
