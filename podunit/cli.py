@@ -256,7 +256,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise PodunitError("exec needs a command: podunit exec POD APP -- CMD [ARG...]")
     plan = read_plan(args.pod)
     with Bus() as bus:
-        status = pod_status(bus, args.pod)
+        status = pod_status(bus, args.pod, check_network=False)
     app_status = next((a for a in status.apps + status.init_apps if a.name == args.app), None)
     if app_status is None or app_status.state != "running" or not app_status.main_pid:
         raise PodunitError(f'container "{args.app}" of pod "{args.pod}" is not running')

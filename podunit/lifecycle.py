@@ -42,8 +42,10 @@ def pull_pod_images(pod: Pod) -> dict[str, Image]:
     from podunit.images.reference import parse_reference
     from podunit.images.store import ImageStore
     from podunit.paths import state_dir
+    from podunit.trust.verifier import make_verifier
 
-    store = ImageStore(state_dir())
+    # Every image passes the trust policy before any of its layers is fetched.
+    store = ImageStore(state_dir(), verifier=make_verifier())
     images: dict[str, Image] = {}
     for container in pod.spec.init_containers + pod.spec.containers:
         if container.image in images:

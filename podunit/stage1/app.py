@@ -37,8 +37,10 @@ from podunit.stage1.common import (
     fail,
     load_plan,
     mkdirs,
+    mount_points,
     sd_notify,
     sd_notify_barrier,
+    unmount_tree,
 )
 
 if TYPE_CHECKING:
@@ -64,16 +66,57 @@ def start_app(pod: str, name: str, *, debug: bool = False) -> int:
         fail(f"pod {pod} has no container {name}")
     handover = systemd_handover(plan, app)
     try:
+        staged = stage_bidirectional_volumes(plan, app)
         join_pod_namespaces(plan)
         sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP | (_pid_flag(plan)))
-        sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
-        prepare_root(plan, app, handover.mounts, debug=debug)
+        make_slave_except(list(staged.values()))
+        prepare_root(plan, app, handover.mounts, staged, debug=debug)
     except OSError as exc:
         fail(f"setting up container {name}: {exc}")
     return fork_app(plan, app, handover, debug=debug)
 
 
 CONTAINER_NOTIFY_SOCKET = "/run/host/notify"
+
+
+def stage_bidirectional_volumes(plan: PodPlan, app: AppPlan) -> dict[int, str]:
+    """`mountPropagation: Bidirectional` needs the container's mount to be a
+    *peer* of the host's. A bind made here, still in the host's mount
+    namespace, joins the source's peer group; the namespace copy made by
+    unshare keeps it a peer, as long as it is not turned into a slave with
+    the rest (make_slave_except). Mount index -> staging path."""
+    base = Path(plan["runtime_dir"]) / "apps" / app["name"] / "shared"
+    unmount_tree(base)  # a previous run's
+    staged: dict[int, str] = {}
+    for index, mount in enumerate(app["mounts"]):
+        if mount["propagation"] != "rshared":
+            continue
+        source = resolve_volume_source(mount)
+        staging = base / str(index)
+        if os.path.isdir(source):
+            mkdirs(staging)
+        else:
+            mkdirs(base)
+            staging.touch()
+        sc.mount(source, str(staging), None, sc.MS_BIND | sc.MS_REC)
+        sc.mount(None, str(staging), None, sc.MS_REC | sc.MS_SHARED)
+        staged[index] = str(staging)
+    return staged
+
+
+def make_slave_except(keep: list[str]) -> None:
+    """Host mounts keep propagating in, ours never out: every mount becomes a
+    slave, except the staged bidirectional volumes (and what is below them)."""
+    if not keep:
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
+        return
+    for mount_point in mount_points():
+        if any(mount_point == k or mount_point.startswith(k.rstrip("/") + "/") for k in keep):
+            continue
+        try:
+            sc.mount(None, mount_point, None, sc.MS_SLAVE)
+        except OSError:
+            pass  # over-mounted or gone: nothing of ours is created below it
 
 
 @dataclass(frozen=True)
@@ -137,7 +180,14 @@ def _setns_file(path: Path, nstype: int) -> None:
         os.close(fd)
 
 
-def prepare_root(plan: PodPlan, app: AppPlan, extra: list[m.MountOp], *, debug: bool) -> None:
+def prepare_root(
+    plan: PodPlan,
+    app: AppPlan,
+    extra: list[m.MountOp],
+    staged: dict[int, str],
+    *,
+    debug: bool,
+) -> None:
     reset_dir(app["upper"])
     reset_dir(app["work"])
     rootfs = app["rootfs"]
@@ -145,7 +195,7 @@ def prepare_root(plan: PodPlan, app: AppPlan, extra: list[m.MountOp], *, debug: 
     lower = ":".join(reversed(app["layers"])) or _empty_layer()
     options = f"lowerdir={lower},upperdir={app['upper']},workdir={app['work']}"
     sc.mount("overlay", rootfs, "overlay", 0, options)
-    ops = make_root_ops(plan, app) + extra
+    ops = make_root_ops(plan, app, staged) + extra
     m.execute_all(rootfs, ops, debug=debug)
 
 
@@ -161,7 +211,7 @@ def _empty_layer() -> str:
     return str(path)
 
 
-def make_root_ops(plan: PodPlan, app: AppPlan) -> list[m.MountOp]:
+def make_root_ops(plan: PodPlan, app: AppPlan, staged: dict[int, str]) -> list[m.MountOp]:
     """The mounts of a container root, parents before children."""
     privileged = app["privileged"]
     ops: list[m.MountOp] = [
@@ -197,7 +247,9 @@ def make_root_ops(plan: PodPlan, app: AppPlan) -> list[m.MountOp]:
             )
         )
         ops.append(m.Symlink("/dev/ptmx", link_target="pts/ptmx"))
-    ops.append(m.FsMount("/dev/mqueue", fstype="mqueue"))
+    if not (privileged and plan["host_ipc"]):
+        # (A privileged container with the host's IPC has the host's /dev/mqueue already.)
+        ops.append(m.FsMount("/dev/mqueue", fstype="mqueue"))
     for name, target in (
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -205,12 +257,18 @@ def make_root_ops(plan: PodPlan, app: AppPlan) -> list[m.MountOp]:
         ("stderr", "/proc/self/fd/2"),
     ):
         ops.append(m.Symlink(f"/dev/{name}", link_target=target))
-    ops += [volume_op(mount) for mount in app["mounts"]]
+    # Parents before children, whatever order the manifest lists them in.
+    volumes = sorted(enumerate(app["mounts"]), key=lambda item: _depth(item[1]["target"]))
+    ops += [volume_op(mount, staged.get(index)) for index, mount in volumes]
     return ops
 
 
-def volume_op(mount: MountPlan) -> m.MountOp:
-    source = resolve_volume_source(mount)
+def _depth(path: str) -> int:
+    return len([part for part in path.split("/") if part])
+
+
+def volume_op(mount: MountPlan, staged: str | None = None) -> m.MountOp:
+    source = staged or resolve_volume_source(mount)
     return m.BindMount(
         mount["target"],
         source=source,
@@ -366,6 +424,14 @@ def enter_root(plan: PodPlan, app: AppPlan) -> None:
     os.chdir(app["cwd"])
 
 
+def permitted_capabilities() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapPrm:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
 def drop_privileges(app: AppPlan) -> None:
     """Bounding set first (needs CAP_SETPCAP), then ids (need SETUID/SETGID,
     still effective), then the remaining sets, then no_new_privs. Runs after
@@ -381,7 +447,8 @@ def drop_privileges(app: AppPlan) -> None:
     os.setgroups(app["groups"])
     os.setgid(app["gid"])
     os.setuid(app["uid"])
-    mask = capability_mask(keep) if app["uid"] == 0 else 0
+    # Only what we hold can be kept: a host (or container) may have withheld some.
+    mask = capability_mask(keep) & permitted_capabilities() if app["uid"] == 0 else 0
     sc.capset(mask, mask, 0)
     if app["no_new_privs"]:
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)

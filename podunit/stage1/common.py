@@ -71,3 +71,40 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def mkdirs(path: str | Path, mode: int = 0o755) -> None:
     os.makedirs(path, mode=mode, exist_ok=True)
+
+
+def mount_points() -> list[str]:
+    """Mount points of this mount namespace, in mountinfo order."""
+    with open("/proc/self/mountinfo") as f:
+        return [_unescape(line.split()[4]) for line in f]
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as \\ooo (octal)."""
+    if "\\" not in field:
+        return field
+    out, i = bytearray(), 0
+    raw = field.encode()
+    while i < len(raw):
+        if raw[i] == 0x5C and raw[i + 1 : i + 4].isdigit():
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return out.decode(errors="surrogateescape")
+
+
+def unmount_tree(base: Path) -> None:
+    """Detach every mount at or below `base`, deepest first."""
+    from podunit.kernel import syscalls as sc
+
+    if not base.exists():
+        return
+    prefix = str(base).rstrip("/") + "/"
+    for point in sorted(mount_points(), key=len, reverse=True):
+        if point == str(base) or point.startswith(prefix):
+            try:
+                sc.umount(point, sc.MNT_DETACH)
+            except OSError:
+                pass  # already gone with its parent

@@ -76,7 +76,13 @@ def stage1_command() -> Stage1Command:
     env = []
     if not package_parent.endswith(("site-packages", "dist-packages")):
         env.append(f"PYTHONPATH={package_parent}")
-    for var in ("PODUNIT_RUNTIME_DIR", "PODUNIT_STATE_DIR"):
+    # Test and admin overrides that stage1 must see as the CLI did.
+    for var in (
+        "PODUNIT_RUNTIME_DIR",
+        "PODUNIT_STATE_DIR",
+        "PODUNIT_CNI_PATH",
+        "PODUNIT_CNI_CONF_DIRS",
+    ):
         if os.environ.get(var):
             env.append(f"{var}={os.environ[var]}")
     return Stage1Command(

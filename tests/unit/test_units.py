@@ -54,7 +54,9 @@ def test_app_unit_carries_limits_restart_and_grace(tmp_path: Path) -> None:
     sandbox = units["podunit-web.service"]
     assert sandbox.get("Type") == "oneshot"
     assert sandbox.get("RemainAfterExit") is True
-    assert sandbox.get("Wants") == ["podunit-web_app.service"]
+    # A pod with a network (the default CNI one) waits for the host's network.
+    assert sandbox.get("Wants") == ["podunit-web_app.service", "network-online.target"]
+    assert sandbox.get("After") == ["network-online.target"]
     pod_slice = units["podunit-web.slice"]
     assert pod_slice.get("MemoryMax") == 64 << 20
 
