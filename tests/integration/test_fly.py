@@ -87,7 +87,9 @@ def wait_for_file(host: Testbed, path: str, timeout: float = 60) -> str:
         result = host.run(["cat", path], check=False)
         if result.returncode == 0:
             return result.stdout
-        assert time.monotonic() < deadline, f"{path} did not appear; logs:\n" + podunit(host, "logs", "kubelet")
+        assert time.monotonic() < deadline, f"{path} did not appear; logs:\n" + podunit(
+            host, "logs", "kubelet"
+        )
         time.sleep(0.2)
 
 
@@ -106,7 +108,9 @@ def test_kubelet_example_in_host_mode(host: Testbed) -> None:
         wait_for_file(host, RESULTS + ".phase1")
         # Bidirectional: the mount the kubelet made inside is on the host...
         assert host.run(["findmnt", "-n", "/var/lib/kubelet/pods/c"], check=False).returncode == 0
-        assert host.run(["test", "-f", "/var/lib/kubelet/pods/c/inside"], check=False).returncode == 0
+        assert (
+            host.run(["test", "-f", "/var/lib/kubelet/pods/c/inside"], check=False).returncode == 0
+        )
         # ...and mounts the host makes afterwards reach the container (both volumes).
         host.shell(
             "mkdir -p /var/lib/kubelet/host-made /run/podunit-h2c"

@@ -201,13 +201,20 @@ spec:
     manifest.write_text(text.replace("POD", "ondemand").replace("POLICY", "IfNotPresent"))
     refused = cli("run", "--wait", "--rm", str(never), check=False)
     assert refused.returncode == 1 and "imagePullPolicy is Never" in refused.stderr
-    cli("run", "--wait", "--rm", str(manifest))
-    journal = systemd.run(["journalctl", "--no-pager", "-o", "cat", "-u",
-                           "podunit-ondemand_main.service"]).stdout  # fmt: skip
-    assert "pulled-and-ran" in journal
-    assert f"docker://{image}" in {i["ref"] for i in cli.images()}
-    # Now present: Never is satisfied.
-    cli("run", "--wait", "--rm", str(never))
+    # The built-in trust policy refuses unsigned registry images until the admin opens them.
+    untrusted = cli("run", "--wait", "--rm", str(manifest), check=False)
+    assert untrusted.returncode != 0 and "podunit trust set --type accept" in untrusted.stderr
+    cli("trust", "set", "--type", "accept", f"{regs.basic}/busybox")
+    try:
+        cli("run", "--wait", "--rm", str(manifest))
+        journal = systemd.run(["journalctl", "--no-pager", "-o", "cat", "-u",
+                               "podunit-ondemand_main.service"]).stdout  # fmt: skip
+        assert "pulled-and-ran" in journal
+        assert f"docker://{image}" in {i["ref"] for i in cli.images()}
+        # Now present: Never is satisfied.
+        cli("run", "--wait", "--rm", str(never))
+    finally:
+        systemd.run(["rm", "-f", "/etc/podunit/policy.json"])
 
 
 # ---- archives --------------------------------------------------------------------------------
