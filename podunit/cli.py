@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from podunit.state import PodStatus
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(*, extensions: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="podunit", description="Run Kubernetes Pod manifests as systemd units, no daemon."
     )
@@ -73,7 +73,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("files", nargs="*", help="manifests (default: the pod directories)")
 
-    for extension in extension_modules():
+    for extension in extension_modules() if extensions else []:
         extension.add_parsers(sub)
 
     gc = sub.add_parser("gc", help="remove finished pods and leftovers")
@@ -103,12 +103,16 @@ def extension_modules() -> list[ModuleType]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The pod commands need none of the image/trust command modules: skip importing them.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    core = command in COMMANDS
+    args = make_parser(extensions=not core).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s"
     )
     commands = dict(COMMANDS)
-    for extension in extension_modules():
+    for extension in extension_modules() if not core else []:
         commands.update(extension.COMMANDS)
     try:
         handler = commands[args.command]

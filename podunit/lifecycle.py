@@ -30,6 +30,8 @@ from podunit.systemd.bus import SERVICE_IFACE, Bus, JobTimeout
 from podunit.systemd.units import Unit, compile_pod, stage1_command
 
 if TYPE_CHECKING:
+    from podunit.images.reference import ImageReference
+    from podunit.images.signatures import SignatureSource, Verifier
     from podunit.images.store import Image
 
 TERMINAL = ("exited", "failed")
@@ -42,10 +44,10 @@ def pull_pod_images(pod: Pod) -> dict[str, Image]:
     from podunit.images.reference import parse_reference
     from podunit.images.store import ImageStore
     from podunit.paths import state_dir
-    from podunit.trust.verifier import make_verifier
 
     # Every image passes the trust policy before any of its layers is fetched.
-    store = ImageStore(state_dir(), verifier=make_verifier())
+    # The policy code is imported only when an image is really pulled.
+    store = ImageStore(state_dir(), verifier=lazy_verifier())
     images: dict[str, Image] = {}
     for container in pod.spec.init_containers + pod.spec.containers:
         if container.image in images:
@@ -65,6 +67,22 @@ def pull_pod_images(pod: Pod) -> dict[str, Image]:
             image = store.pull(ref)
         images[container.image] = image
     return images
+
+
+def lazy_verifier() -> Verifier:
+    """The trust policy's verifier, built on first use and then reused."""
+    built: list[Verifier] = []
+
+    def verify(
+        ref: ImageReference, digest: str, manifest: bytes, source: SignatureSource | None
+    ) -> None:
+        if not built:
+            from podunit.trust.verifier import make_verifier
+
+            built.append(make_verifier())
+        built[0](ref, digest, manifest, source)
+
+    return verify
 
 
 def pod_units(plan: PodPlan) -> list[str]:

@@ -11,8 +11,14 @@ first file with a matching entry wins:
 
 Within a file the most specific key wins: `host/ns/repo`, then `host/ns`,
 then `host`; Docker's legacy `https://index.docker.io/v1/` means docker.io.
-Credential helpers (`credHelpers`, `credsStore`) are not run: podunit runs
-as root from units, where a desktop keyring is not there to answer.
+
+Docker's credential helpers are honoured as Docker does: a `credHelpers`
+entry for the host is asked first, then the `auths` entries, then the
+`credsStore` default helper (Docker leaves empty `auths` placeholders for
+what the store holds). A helper is `docker-credential-NAME get` with the
+server URL on stdin; it answers `{"Username": ..., "Secret": ...}`. Note
+that podunit usually runs as root from units, where helpers that need a
+desktop keyring have nothing to ask: `pass` or a file-based helper works.
 
 `podunit login` writes the first file of the list that applies (as podman
 does); `podunit logout` removes the entry from it.
@@ -33,6 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from podunit.errors import ImageError
+from podunit.run import CommandError, run
+
+HELPER_TIMEOUT = 30.0
+IDENTITY_TOKEN_USER = "<token>"  # what helpers answer for an OAuth identity token
+DOCKER_HUB_SERVER = "https://index.docker.io/v1/"  # the key Docker's tools use for Hub
 
 
 class AuthError(ImageError):
@@ -146,7 +157,7 @@ def _decode_entry(entry: object, where: str) -> Credentials | None:
     return None
 
 
-def _read_auths(path: Path) -> dict[str, Any]:
+def _read_config(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             doc = json.loads(f.read(1 << 20))
@@ -154,22 +165,89 @@ def _read_auths(path: Path) -> dict[str, Any]:
         return {}
     except (OSError, ValueError) as exc:
         raise AuthError(f"{path}: cannot read credentials: {exc}") from None
-    auths = doc.get("auths") if isinstance(doc, dict) else None
-    return auths if isinstance(auths, dict) else {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _table(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    value = doc.get(key)
+    return {normalize_key(k): v for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _server_url(registry: str) -> str:
+    """What Docker passes a helper for a registry (Hub keeps its legacy URL)."""
+    return DOCKER_HUB_SERVER if registry == "docker.io" else registry
+
+
+def run_helper(
+    helper: str, registry: str, where: str, environ: Mapping[str, str] | None = None
+) -> Credentials | None:
+    """Ask `docker-credential-<helper>` for `registry`; None if it has nothing."""
+    if not helper or "/" in helper:
+        raise AuthError(f"{where}: invalid credential helper name {helper!r}")
+    argv = [f"docker-credential-{helper}", "get"]
+    env = {"PATH": environ["PATH"]} if environ is not None and "PATH" in environ else None
+    try:
+        proc = run(argv, capture=True, check=False, input=_server_url(registry).encode(),
+                   env=env, timeout=HELPER_TIMEOUT)  # fmt: skip
+    except CommandError as exc:
+        raise AuthError(f"{where}: credential helper {exc}") from None
+    if proc.returncode != 0:
+        # The helpers' protocol: "credentials not found" on stdout, exit 1.
+        said = (proc.stdout or b"").decode(errors="replace").strip()
+        if "not found" in said.lower():
+            return None
+        detail = said or (proc.stderr or b"").decode(errors="replace").strip()
+        raise AuthError(f"{where}: {argv[0]} failed for {registry}: {detail[:300]}")
+    return _parse_helper_answer(proc.stdout or b"", argv[0], registry)
+
+
+def _parse_helper_answer(out: bytes, helper: str, registry: str) -> Credentials:
+    try:
+        doc = json.loads(out)
+        user, secret = doc["Username"], doc["Secret"]
+    except (ValueError, KeyError, TypeError):
+        raise AuthError(f"{helper}: no Username/Secret JSON for {registry}") from None
+    if not isinstance(user, str) or not isinstance(secret, str):
+        raise AuthError(f"{helper}: no Username/Secret JSON for {registry}")
+    if user == IDENTITY_TOKEN_USER:
+        raise AuthError(
+            f"{helper}: {registry} has an identity token (OAuth refresh token), which podunit "
+            f"does not support; log in with a password or access token: podunit login {registry}"
+        )
+    return Credentials(user, secret)
+
+
+def _from_file(
+    path: Path, registry: str, wanted: list[str], environ: Mapping[str, str] | None
+) -> Credentials | None:
+    doc = _read_config(path)
+    helper = _table(doc, "credHelpers").get(registry)
+    if isinstance(helper, str):
+        found = run_helper(helper, registry, f"{path}: credHelpers", environ)
+        if found is not None:
+            return found
+    auths = _table(doc, "auths")
+    for key in wanted:
+        if key in auths:
+            creds = _decode_entry(auths[key], f"{path}: {key}")
+            if creds is not None:
+                return creds
+    store = doc.get("credsStore")
+    if isinstance(store, str) and store:
+        return run_helper(store, registry, f"{path}: credsStore", environ)
+    return None
 
 
 def find_credentials(
     registry: str, repository: str | None = None, environ: Mapping[str, str] | None = None
 ) -> Credentials | None:
     """Credentials for `registry` (HOST[:PORT]) and optionally one repository."""
-    wanted = _lookup_keys(normalize_key(registry), repository)
+    host = normalize_key(registry)
+    wanted = _lookup_keys(host, repository)
     for path in auth_files(environ):
-        auths = {normalize_key(k): v for k, v in _read_auths(path).items()}
-        for key in wanted:
-            if key in auths:
-                creds = _decode_entry(auths[key], f"{path}: {key}")
-                if creds is not None:
-                    return creds
+        creds = _from_file(path, host, wanted, environ)
+        if creds is not None:
+            return creds
     return None
 
 

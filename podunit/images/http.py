@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from podunit.errors import ImageError
+from podunit.images.registries_conf import load_registries_conf
 
 log = logging.getLogger(__name__)
 
 CERTS_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
-INSECURE_CONF = Path("/etc/podunit/registries.conf")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_REDIRECTS = 5
 MAX_RETRY_AFTER = 60.0
@@ -56,22 +56,12 @@ class HttpError(ImageError):
 def insecure_registries(environ: Mapping[str, str] | None = None) -> frozenset[str]:
     """Registries (HOST[:PORT]) reached over plain HTTP.
 
-    From `$PODUNIT_INSECURE_REGISTRIES` (comma or space separated) and
-    /etc/podunit/registries.conf: one HOST[:PORT] per line after
-    `insecure`, e.g. `insecure 127.0.0.1:5000`; `#` starts a comment.
+    From `$PODUNIT_INSECURE_REGISTRIES` (comma or space separated) and the
+    registry configuration (registries_conf: `insecure = true` in
+    containers-registries.conf(5) tables, or podunit's older line format
+    `insecure HOST[:PORT]` in /etc/podunit/registries.conf).
     """
-    env = os.environ if environ is None else environ
-    names = set(env.get("PODUNIT_INSECURE_REGISTRIES", "").replace(",", " ").split())
-    conf = Path(env.get("PODUNIT_REGISTRIES_CONF") or INSECURE_CONF)
-    try:
-        text = conf.read_text()
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        words = line.split("#", 1)[0].split()
-        if len(words) >= 2 and words[0] == "insecure":
-            names.update(words[1:])
-    return frozenset(names)
+    return load_registries_conf(environ).insecure()
 
 
 def certs_dirs(environ: Mapping[str, str] | None = None) -> tuple[Path, ...]:
@@ -183,8 +173,8 @@ class HttpClient:
     _local: threading.local = field(default_factory=threading.local)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def base_url(self, registry: str) -> str:
-        scheme = "http" if registry in self.insecure else "https"
+    def base_url(self, registry: str, insecure: bool = False) -> str:
+        scheme = "http" if insecure or registry in self.insecure else "https"
         return f"{scheme}://{registry}"
 
     # ---- TLS --------------------------------------------------------------------

@@ -43,6 +43,7 @@ from podunit.images.oci import (
     OCI_MANIFEST,
 )
 from podunit.images.reference import ImageReference
+from podunit.images.registries_conf import Endpoint, load_registries_conf
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,11 @@ class RegistryClient:
         credentials: Credentials | None = None,
         *,
         lookup_credentials: bool = True,
+        insecure: bool = False,
     ) -> None:
         self.domain = domain
         self.http = http or HttpClient()
-        self.base = self.http.base_url(registry_host(domain))
+        self.base = self.http.base_url(registry_host(domain), insecure)
         self._creds = credentials
         self._lookup = lookup_credentials and credentials is None
         self._challenge: Challenge | None = None
@@ -288,23 +290,57 @@ class _ResumingBlob(io.RawIOBase):
 
 
 class RegistrySource:
-    """A docker:// reference as a BlobSource and a SignatureSource."""
+    """A docker:// reference as a BlobSource and a SignatureSource.
 
-    def __init__(self, ref: ImageReference, client: RegistryClient | None = None) -> None:
+    The reference may be served by several endpoints (registries_conf:
+    mirrors in order, then the primary location). `read_index` settles on
+    the first that has the manifest; `client` and `repository` then name
+    that endpoint, so blobs come from where the manifest came from and
+    credentials are those of the host actually contacted.
+    """
+
+    def __init__(
+        self,
+        ref: ImageReference,
+        client: RegistryClient | None = None,
+        *,
+        endpoints: list[Endpoint] | None = None,
+        http: HttpClient | None = None,
+    ) -> None:
         if ref.transport != "docker":
             raise ImageError(f"{ref}: not a registry reference")
         self.ref = ref
         self.description = str(ref)
         self.repository = ref.repository
-        self.client = client or RegistryClient(ref.domain)
+        if endpoints is None and client is None:
+            conf = load_registries_conf()
+            endpoints = conf.endpoints(ref.domain, ref.repository, ref.digest is not None)
+            http = http or HttpClient(insecure=conf.insecure())
+        self._http = http or (client.http if client is not None else HttpClient())
+        self._endpoints = endpoints or [Endpoint(ref.domain, ref.repository, False, mirror=False)]
+        primary = self._endpoints[-1]
+        self._clients: dict[Endpoint, RegistryClient] = {primary: client} if client else {}
+        self.client = self._client_for(primary)
         self._manifests: dict[str, bytes] = {}
         self.top: tuple[str, bytes] | None = None  # digest and bytes of what ref names
+
+    def _client_for(self, endpoint: Endpoint) -> RegistryClient:
+        client = self._clients.get(endpoint)
+        if client is None:
+            client = RegistryClient(endpoint.host, self._http, insecure=endpoint.insecure)
+            self._clients[endpoint] = client
+        return client
 
     # ---- manifests --------------------------------------------------------------
 
     def fetch_manifest(self, repository: str, reference: str) -> tuple[bytes, str] | None:
         """(bytes, media type) of a manifest by tag or digest; None on 404."""
-        with self.client.request(
+        return self._fetch_manifest(self.client, repository, reference)
+
+    def _fetch_manifest(
+        self, client: RegistryClient, repository: str, reference: str
+    ) -> tuple[bytes, str] | None:
+        with client.request(
             "GET",
             f"/v2/{repository}/manifests/{reference}",
             repository=repository,
@@ -341,12 +377,37 @@ class RegistrySource:
             return OCI_MANIFEST
         raise ImageError(f"{self.description}: unsupported manifest type {served!r}")
 
+    def _from_endpoints(self, wanted: str) -> tuple[bytes, str]:
+        """The manifest from the first endpoint that serves it; switches
+        `client` and `repository` to that endpoint."""
+        failures: list[str] = []
+        for endpoint in self._endpoints:
+            client = self._client_for(endpoint)
+            try:
+                found = self._fetch_manifest(client, endpoint.repository, wanted)
+            except (HttpError, AuthError) as exc:
+                if len(self._endpoints) == 1:
+                    raise
+                # A mirror that is down or refuses us is skipped, as podman does.
+                log.info("%s: %s; trying the next endpoint", endpoint, exc)
+                failures.append(f"{endpoint}: {exc}")
+                continue
+            if found is None:
+                failures.append(f"{endpoint}: manifest unknown")
+                continue
+            if endpoint.mirror:
+                log.info("%s: pulling from mirror %s", self.description, endpoint)
+            self.client, self.repository = client, endpoint.repository
+            return found
+        if len(self._endpoints) == 1:
+            raise ImageError(f"{self.description}: manifest unknown (no such tag or digest)")
+        raise ImageError(
+            f"{self.description}: no mirror nor the registry has it: " + "; ".join(failures)
+        )
+
     def read_index(self) -> bytes:
         wanted = self.ref.digest or self.ref.tag or "latest"
-        found = self.fetch_manifest(self.repository, wanted)
-        if found is None:
-            raise ImageError(f"{self.description}: manifest unknown (no such tag or digest)")
-        data, media_type = found
+        data, media_type = self._from_endpoints(wanted)
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if self.ref.digest and digest != self.ref.digest:
             raise IntegrityError(
@@ -380,8 +441,14 @@ class RegistrySource:
     # ---- SignatureSource ----------------------------------------------------------
 
     def _repo(self, ref: ImageReference) -> str:
-        if ref.transport != "docker" or ref.domain != self.client.domain:
-            raise ImageError(f"{ref}: not in registry {self.client.domain}")
+        """`ref`'s repository at the endpoint in use (a mirror may have
+        another path for it)."""
+        if ref.transport != "docker" or ref.domain != self.ref.domain:
+            raise ImageError(f"{ref}: not in registry {self.ref.domain}")
+        if ref.repository == self.ref.repository:
+            return self.repository
+        if self.repository != self.ref.repository or self.client.domain != self.ref.domain:
+            raise ImageError(f"{ref}: not available from mirror {self.client.domain}")
         return ref.repository
 
     def get_url(self, url: str) -> bytes | None:
@@ -438,6 +505,26 @@ class RegistrySource:
         except (ValueError, AttributeError):
             raise IntegrityError(f"{ref}: referrers response is not an index") from None
         return [m for m in manifests or [] if isinstance(m, dict)]
+
+    def extension_signatures(self, ref: ImageReference, digest: str) -> bytes | None:
+        """SignatureExtensionSource: the X-Registry-Supports-Signatures list of `digest`."""
+        from podunit.images.signatures import MAX_SIGNATURE_LIST_SIZE
+
+        check_digest(digest)
+        repo = self._repo(ref)
+        # Only a registry that advertises the extension on its /v2/ endpoint has it (as
+        # containers/image decides): elsewhere the path is unknown and its error is noise.
+        with self.client.request("GET", "/v2/", repository=None) as resp:
+            resp.read_all(1 << 20)
+            if resp.headers.get("X-Registry-Supports-Signatures") != "1":
+                return None
+        path = f"/extensions/v2/{repo}/signatures/{digest}"
+        with self.client.request("GET", path, repository=repo) as resp:
+            if resp.status == 404:
+                return None
+            if resp.status != 200:
+                raise HttpError(f"{ref}: signature extension: HTTP {resp.status}", resp.status)
+            return resp.read_all(MAX_SIGNATURE_LIST_SIZE)
 
     def put_blob(self, ref: ImageReference, data: bytes) -> str:
         repo = self._repo(ref)

@@ -11,7 +11,7 @@ same connection, credentials and TLS settings as the pull itself.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from podunit.errors import ImageError
 from podunit.images.reference import ImageReference
@@ -48,3 +48,21 @@ class SignatureSource(Protocol):
 # Verifier(reference as the user wrote it, manifest digest, manifest bytes, source or None for
 # local transports without signature storage).
 Verifier = Callable[[ImageReference, str, bytes, SignatureSource | None], None]
+
+
+# The X-Registry-Supports-Signatures list holds whole signatures inline (base64): bound it
+# as containers/image does (iolimits.MaxSignatureListBodySize).
+MAX_SIGNATURE_LIST_SIZE = 4 << 20
+
+
+@runtime_checkable
+class SignatureExtensionSource(Protocol):
+    """A source that can ask its registry for the X-Registry-Supports-Signatures API
+    (OpenShift's integrated registry and others): GPG simple signatures kept by the
+    registry itself. Separate from SignatureSource so that sources without it (local
+    transports, test doubles) need not implement it; the verifier checks with isinstance."""
+
+    def extension_signatures(self, ref: ImageReference, digest: str) -> bytes | None:
+        """The raw JSON signature list of manifest `digest` (at most
+        MAX_SIGNATURE_LIST_SIZE bytes, unparsed: the verifier judges it); None when the
+        registry does not advertise the extension or has no list for the digest."""

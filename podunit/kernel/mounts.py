@@ -19,7 +19,6 @@ import os
 import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from podunit.kernel import syscalls as sc
 from podunit.kernel.openat2 import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
@@ -69,11 +68,16 @@ def fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-@dataclass(frozen=True)
 class MountOp:
-    """One step of building a container root; `target` is inside the root."""
+    """One step of building a container root; `target` is inside the root.
 
-    target: str
+    Plain classes, not dataclasses: stage1 imports this on every container
+    start, and dataclasses pulls in inspect/ast (several ms on small hosts)."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, target: str) -> None:
+        self.target = target
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -82,14 +86,27 @@ class MountOp:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
 class BindMount(MountOp):
-    source: str = ""
-    read_only: bool = False
-    is_file: bool = False
-    recursive: bool = True
-    propagation: str = "rprivate"
-    extra_flags: int = sc.MS_NOSUID | sc.MS_NODEV
+    __slots__ = ("source", "read_only", "is_file", "recursive", "propagation", "extra_flags")
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        source: str,
+        read_only: bool = False,
+        is_file: bool = False,
+        recursive: bool = True,
+        propagation: str = "rprivate",
+        extra_flags: int = sc.MS_NOSUID | sc.MS_NODEV,
+    ) -> None:
+        super().__init__(target)
+        self.source = source
+        self.read_only = read_only
+        self.is_file = is_file
+        self.recursive = recursive
+        self.propagation = propagation
+        self.extra_flags = extra_flags
 
     def describe(self) -> str:
         mode = "ro" if self.read_only else "rw"
@@ -135,14 +152,25 @@ def _check_kind(fd: int, target: str, *, is_file: bool) -> None:
         raise OSError(errno.ENOTDIR, "a directory is to be mounted on a non-directory", target)
 
 
-@dataclass(frozen=True)
 class FsMount(MountOp):
     """A kernel file system (proc, sysfs, tmpfs, devpts, mqueue)."""
 
-    fstype: str = "tmpfs"
-    flags: int = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
-    data: str | None = None
-    read_only: bool = False
+    __slots__ = ("fstype", "flags", "data", "read_only")
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        fstype: str,
+        flags: int = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+        data: str | None = None,
+        read_only: bool = False,
+    ) -> None:
+        super().__init__(target)
+        self.fstype = fstype
+        self.flags = flags
+        self.data = data
+        self.read_only = read_only
 
     def describe(self) -> str:
         return f"mount {self.fstype} on {self.target} ({self.data or 'defaults'})"
@@ -154,9 +182,12 @@ class FsMount(MountOp):
             sc.mount(self.fstype, fd_path(fd), self.fstype, flags, self.data)
 
 
-@dataclass(frozen=True)
 class Symlink(MountOp):
-    link_target: str = ""
+    __slots__ = ("link_target",)
+
+    def __init__(self, target: str, *, link_target: str) -> None:
+        super().__init__(target)
+        self.link_target = link_target
 
     def describe(self) -> str:
         return f"symlink {self.target} -> {self.link_target}"
@@ -170,11 +201,14 @@ class Symlink(MountOp):
                 pass
 
 
-@dataclass(frozen=True)
 class MaskPath(MountOp):
     """Hide a path: /dev/null over files, an empty read-only tmpfs over dirs."""
 
-    null_device: str = "/dev/null"
+    __slots__ = ("null_device",)
+
+    def __init__(self, target: str, *, null_device: str = "/dev/null") -> None:
+        super().__init__(target)
+        self.null_device = null_device
 
     def describe(self) -> str:
         return f"mask {self.target}"
@@ -197,7 +231,6 @@ class MaskPath(MountOp):
             pass  # nothing to hide on this kernel
 
 
-@dataclass(frozen=True)
 class ReadOnlyPath(MountOp):
     """Make an existing path read-only by binding it onto itself."""
 

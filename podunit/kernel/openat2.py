@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 
 # Syscall numbers: 437 on the generic table (x86_64, aarch64, riscv64...).
 _SYSCALL_NR = {"x86_64": 437, "aarch64": 437, "arm64": 437, "riscv64": 437, "ppc64le": 437}
@@ -38,7 +37,7 @@ _syscall.restype = ctypes.c_long
 
 
 def _syscall_nr() -> int:
-    machine = platform.machine()
+    machine = os.uname().machine  # not platform: a slow import for stage1
     try:
         return _SYSCALL_NR[machine]
     except KeyError:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -51,7 +50,7 @@ _SYSCALLS = {
     "pivot_root": (155, 41),
     "capset": (126, 91),
 }
-_ARCH_INDEX = 1 if platform.machine() in ("aarch64", "arm64") else 0
+_ARCH_INDEX = 1 if os.uname().machine in ("aarch64", "arm64") else 0
 
 
 def _check(result: int, path: str | None = None) -> int:

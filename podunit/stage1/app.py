@@ -21,13 +21,11 @@ code, because the next unit must not start before they finish.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from podunit.capabilities import CAPABILITIES, capability_mask
 from podunit.kernel import mounts as m
@@ -38,6 +36,7 @@ from podunit.stage1.common import (
     load_plan,
     mkdirs,
     mount_points,
+    remove_tree,
     sd_notify,
     sd_notify_barrier,
     unmount_tree,
@@ -119,8 +118,7 @@ def make_slave_except(keep: list[str]) -> None:
             pass  # over-mounted or gone: nothing of ours is created below it
 
 
-@dataclass(frozen=True)
-class Handover:
+class Handover(NamedTuple):
     """What systemd gave stage1 that belongs to the app: the notification
     socket (for the pod's notify container) and socket-activation fds."""
 
@@ -201,7 +199,7 @@ def prepare_root(
 
 def reset_dir(path: str) -> None:
     """Each start gets a fresh writable layer, as a new Kubernetes container does."""
-    shutil.rmtree(path, ignore_errors=True)
+    remove_tree(path)
     mkdirs(path)
 
 

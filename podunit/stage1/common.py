@@ -108,3 +108,45 @@ def unmount_tree(base: Path) -> None:
                 sc.umount(point, sc.MNT_DETACH)
             except OSError:
                 pass  # already gone with its parent
+
+
+def remove_tree(path: str) -> None:
+    """rm -rf without following symlinks (shutil is a slow import for stage1).
+    Directories are opened relative to their parent with O_NOFOLLOW, so a
+    symlink planted in an app's writable layer cannot redirect the removal."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return
+    except (NotADirectoryError, OSError):
+        _unlink_quietly(path)
+        return
+    try:
+        _clear_dir(fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _clear_dir(dir_fd: int) -> None:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.scandir(dir_fd) as entries:
+        names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+    for name, is_dir in names:
+        if not is_dir:
+            os.unlink(name, dir_fd=dir_fd)
+            continue
+        fd = os.open(name, flags, dir_fd=dir_fd)
+        try:
+            _clear_dir(fd)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=dir_fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

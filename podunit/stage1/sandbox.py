@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
 import struct
 import sys
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING
 from podunit.kernel import syscalls as sc
 from podunit.network import podfiles as pf
 from podunit.paths import sandboxes_dir
-from podunit.stage1.common import fail, load_plan, mkdirs, unmount_tree
+from podunit.stage1.common import fail, load_plan, mkdirs, remove_tree, unmount_tree
 
 if TYPE_CHECKING:
     from podunit.plan import PodPlan
@@ -211,7 +210,7 @@ def pod_down(pod: str) -> int:
     for app_dir in (pod_dir / "apps").glob("*"):
         unmount_tree(app_dir / "shared")  # staged bidirectional volumes
     for path in (pod_dir / "ns", pod_dir / "shm", pod_dir / "volumes"):
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(str(path))
     return 0 if network_ok else 1
 
 

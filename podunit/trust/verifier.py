@@ -8,6 +8,17 @@ any layer is fetched or unpacked. Every requirement of the most specific matchin
 must hold; a signature requirement holds when at least one signature passes all checks
 (others may be for other keys or tools, so they are skipped, but their reasons are kept
 for the error message in case none passes).
+
+GPG signatures of a registry image are read from two stores, in this order, the second
+only when no signature from the first satisfies the requirement:
+
+1. the lookaside store of registries.d (the scope's, else default-docker's, else skopeo's
+   built-in file:///var/lib/containers/sigstore): where `skopeo copy --sign-by` and
+   `podunit sign --gpg` write, usually a local or nearby file;
+2. the registry's own signature extension (X-Registry-Supports-Signatures), when its
+   /v2/ endpoint advertises it: two more round trips, so only when needed.
+
+Signatures from both are candidates alike; a refusal lists why each one failed.
 """
 
 from __future__ import annotations
@@ -15,14 +26,14 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from podunit.images.reference import ImageReference
 from podunit.images.signatures import SignatureSource, TrustError, Verifier
-from podunit.trust import gpg, lookaside
+from podunit.trust import extension, gpg, lookaside
 from podunit.trust.identity import identity_mismatch, image_name
 from podunit.trust.payload import (
     COSIGN_TYPE,
@@ -50,7 +61,8 @@ class _Image:
     digest: str
     manifest: bytes
     source: SignatureSource | None
-    gpg: list[tuple[str, bytes]] | None = None
+    gpg: list[tuple[str, bytes]] = field(default_factory=list)
+    gpg_stores_read: int = 0  # how many of _GPG_STORES have been read into `gpg`
     cosign: list[cosign.CosignSignature] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -137,19 +149,9 @@ class PolicyVerifier:
             self._check_cosign(req, image)
 
     def _check_gpg(self, req: Requirement, image: _Image) -> None:
-        assert image.source is not None
         keyring = self._keyring(req)
-        if image.gpg is None:
-            if image.ref.transport != "docker":
-                image.gpg = []
-            else:
-                base = self._lookaside_config().base_url(image.ref)
-                image.gpg = lookaside.fetch_signatures(image.source, base, image.ref, image.digest)
-                if not image.gpg:
-                    first = lookaside.signature_url(base, image.ref, image.digest, 1)
-                    image.notes.append(f"no GPG signature at {first}")
         reasons = []
-        for where, data in image.gpg:
+        for where, data in self._gpg_signatures(image):
             try:
                 result = gpg.verify(data, keyring)
                 self._check_payload(req, image, parse_payload(result.payload, GPG_TYPE))
@@ -157,9 +159,36 @@ class PolicyVerifier:
             except SignatureRejected as exc:
                 reasons.append(f"{where}: {exc}")
         raise _Refused(
-            "is not satisfied: "
-            + ("; ".join(reasons) or "; ".join(image.notes) or "no GPG signatures")
+            "is not satisfied: " + ("; ".join(reasons + image.notes) or "no GPG signatures")
         )
+
+    def _gpg_signatures(self, image: _Image) -> Iterator[tuple[str, bytes]]:
+        """The image's GPG signatures, reading the next store (see the module docstring)
+        only when the caller wants more than those read so far. Cached on `image`, so a
+        scope with several signedBy requirements reads each store once."""
+        index = 0
+        while True:
+            while index < len(image.gpg):
+                yield image.gpg[index]
+                index += 1
+            if image.ref.transport != "docker" or image.gpg_stores_read == len(_GPG_STORES):
+                return
+            store = _GPG_STORES[image.gpg_stores_read]
+            image.gpg_stores_read += 1
+            found, notes = store(self, image)
+            image.gpg += found
+            image.notes += notes
+
+    def _lookaside_signatures(self, image: _Image) -> tuple[list[tuple[str, bytes]], list[str]]:
+        assert image.source is not None
+        base = self._lookaside_config().base_url(image.ref)
+        found = lookaside.fetch_signatures(image.source, base, image.ref, image.digest)
+        first = lookaside.signature_url(base, image.ref, image.digest, 1)
+        return found, [] if found else [f"no GPG signature at {first}"]
+
+    def _extension_signatures(self, image: _Image) -> tuple[list[tuple[str, bytes]], list[str]]:
+        assert image.source is not None
+        return extension.fetch_signatures(image.source, image.ref, image.digest)
 
     def _check_cosign(self, req: Requirement, image: _Image) -> None:
         from podunit.trust import cosign
@@ -223,6 +252,13 @@ class PolicyVerifier:
                 except TrustError as exc:
                     raise _Refused(f"cannot be checked: {exc}") from None
             return self._cosign_keys[cache_key]
+
+
+_GpgStore = Callable[[PolicyVerifier, _Image], tuple[list[tuple[str, bytes]], list[str]]]
+_GPG_STORES: tuple[_GpgStore, ...] = (
+    PolicyVerifier._lookaside_signatures,
+    PolicyVerifier._extension_signatures,
+)
 
 
 def make_verifier(policy_path: Path | None = None) -> Verifier:
