@@ -10,49 +10,43 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from podunit.errors import PodunitError
 from podunit.generator import (
     DROPIN_NAME,
+    boot_pod_plan,
     compile_boot_pod,
     find_manifest,
     load_boot_pod,
-    template_unit,
 )
-from podunit.paths import runtime_dir, sandboxes_dir, state_dir
+from podunit.paths import sandboxes_dir
 from podunit.systemd.unitfile import render_unit
 from podunit.systemd.units import stage1_command
+
+if TYPE_CHECKING:
+    from podunit.spec import Pod
 
 GENERATOR_OUTPUT = Path("/run/systemd/generator")
 
 
 def prepare_boot_pod(name: str, generator_output: Path = GENERATOR_OUTPUT) -> None:
     from podunit.lifecycle import pull_pod_images
-    from podunit.plan import make_pod_plan
-    from podunit.spec import Pod
     from podunit.state import write_plan
 
     path = find_manifest(name)
     pod = load_boot_pod(name, path)
-    assert isinstance(pod, Pod)
-    check_generated_units(name, path, generator_output)
-    images = pull_pod_images(pod)
-    plan = make_pod_plan(
-        pod,
-        images,
-        runtime_dir=runtime_dir(),
-        state_dir=state_dir(),
-        sandbox_unit=template_unit(name),
-    )
+    check_generated_units(name, path, pod, generator_output)
+    plan = boot_pod_plan(name, pod, pull_pod_images(pod))
     # Exit logs and mount points of a previous run belong to that run.
     shutil.rmtree(sandboxes_dir() / name, ignore_errors=True)
     write_plan(plan)
 
 
-def check_generated_units(name: str, path: Path, output: Path) -> None:
+def check_generated_units(name: str, path: Path, pod: Pod, output: Path) -> None:
     """The units systemd loaded must be what the manifest compiles to now:
     otherwise limits, containers or dependencies would silently be stale."""
-    units, _ = compile_boot_pod(name, path, stage1_command())
+    units, _ = compile_boot_pod(name, path, stage1_command(), pod)
     hint = "run `systemctl daemon-reload` so that podunit-generator compiles it"
     for index, unit in enumerate(units):
         sandbox = index == 0

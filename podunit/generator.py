@@ -25,13 +25,19 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from podunit.errors import PodunitError
 from podunit.paths import MANIFEST_DIRS, runtime_dir, state_dir
 from podunit.systemd.unitfile import render_unit
 from podunit.systemd.units import WANTED_BY_ANNOTATION, Property, Stage1Command, Unit
+
+if TYPE_CHECKING:
+    from podunit.images.store import Image
+    from podunit.plan import PodPlan
+    from podunit.spec import Pod
 
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system")
 TEMPLATE = "pod@.service"
@@ -64,53 +70,46 @@ def find_manifest(pod: str, dirs: Sequence[str] = MANIFEST_DIRS) -> Path:
     return manifest
 
 
-def load_boot_pod(name: str, path: Path) -> object:
+def load_boot_pod(name: str, path: Path) -> Pod:
     """The one pod `path` defines; its metadata.name must be the file's name."""
     from podunit.errors import FieldError, ManifestError
     from podunit.manifest import load_pods
 
     pods = load_pods(path)
+    problem = None
     if len(pods) != 1:
-        raise ManifestError(
-            [
-                FieldError(
-                    str(path),
-                    1,
-                    "",
-                    f"defines {len(pods)} pods; a file in a pod directory defines exactly one",
-                )
-            ]
+        problem = FieldError(
+            str(path), 1, "", f"defines {len(pods)} pods; exactly one is allowed here"
         )
-    pod = pods[0]
-    if pod.name != name:
-        raise ManifestError(
-            [
-                FieldError(
-                    str(path),
-                    pod.line,
-                    "metadata.name",
-                    f'"{pod.name}" differs from the file name "{name}.yaml"',
-                )
-            ]
-        )
-    return pod
+    elif pods[0].name != name:
+        message = f'"{pods[0].name}" differs from the file name "{name}.yaml"'
+        problem = FieldError(str(path), pods[0].line, "metadata.name", message)
+    if problem is not None:
+        raise ManifestError([problem])
+    return pods[0]
 
 
-def compile_boot_pod(name: str, path: Path, stage1: Stage1Command) -> tuple[list[Unit], list[str]]:
-    """The pod's units and the targets that want it (podunit.io/wanted-by)."""
+def boot_pod_plan(name: str, pod: Pod, images: Mapping[str, Image] | None) -> PodPlan:
+    """The plan of a boot pod (without images: only what its units need)."""
     from podunit.plan import make_pod_plan
-    from podunit.spec import Pod
-    from podunit.systemd.units import compile_pod
 
-    pod = load_boot_pod(name, path)
-    assert isinstance(pod, Pod)
-    plan = make_pod_plan(
+    return make_pod_plan(
         pod,
-        None,
+        images,
         runtime_dir=runtime_dir(),
         state_dir=state_dir(),
         sandbox_unit=template_unit(name),
     )
+
+
+def compile_boot_pod(
+    name: str, path: Path, stage1: Stage1Command, pod: Pod | None = None
+) -> tuple[list[Unit], list[str]]:
+    """The pod's units and the targets that want it (podunit.io/wanted-by)."""
+    from podunit.systemd.units import compile_pod
+
+    pod = pod or load_boot_pod(name, path)
+    plan = boot_pod_plan(name, pod, None)
     units = compile_pod(plan, stage1, boot=True, sockets=socket_units(name))
     text = pod.metadata.annotations.get(WANTED_BY_ANNOTATION, "")
     return units, [t.strip() for t in text.split(",") if t.strip()]
