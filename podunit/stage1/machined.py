@@ -20,10 +20,13 @@ MACHINED_IFACE = b"org.freedesktop.machine1.Manager"
 
 def register_machine(name: str, uid: str, root_directory: str = "") -> bool:
     """True when machined accepted the pod; False (and a note) otherwise."""
+    from podunit.systemd.sdbus import dbuslib
+
     try:
-        from pystemd.dbuslib import DBus, apply_signature
+        sdbus = dbuslib()
     except ImportError:
         return False
+    DBus, apply_signature = sdbus.DBus, sdbus.apply_signature
     machine_id = bytes.fromhex(uid.replace("-", ""))
     args = apply_signature(
         b"sayssus",

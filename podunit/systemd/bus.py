@@ -18,6 +18,7 @@ from typing import Any
 
 from podunit.errors import SystemdError
 from podunit.systemd.names import unit_object_path
+from podunit.systemd.sdbus import dbuslib
 from podunit.systemd.units import Property, Unit
 
 DEST = b"org.freedesktop.systemd1"
@@ -61,7 +62,7 @@ def encode_properties(properties: Iterable[Property]) -> list[Token]:
     """Encode `a(sv)` as pystemd's token stream: (type code, value) pairs with
     (-1, None) closing each container. This is the wire layout sd-bus
     marshals, so tests can check it without a bus."""
-    from pystemd.dbuslib import apply_signature
+    apply_signature = dbuslib().apply_signature
 
     tokens: list[Token] = [(ord("a"), b"(sv)")]
     for prop in properties:
@@ -75,7 +76,7 @@ def encode_properties(properties: Iterable[Property]) -> list[Token]:
 
 def encode_start_transient(unit: Unit, aux: Sequence[Unit], mode: str) -> list[Token]:
     """Arguments of Manager.StartTransientUnit(ssa(sv)a(sa(sv)))."""
-    from pystemd.dbuslib import apply_signature
+    apply_signature = dbuslib().apply_signature
 
     tokens: list[Token] = apply_signature(b"ss", [unit.name.encode(), mode.encode()])
     tokens += encode_properties(unit.properties)
@@ -92,9 +93,7 @@ class Bus:
     """A connection to the system manager. Use as a context manager."""
 
     def __init__(self) -> None:
-        from pystemd.dbuslib import DBus
-
-        self._bus = DBus()
+        self._bus = dbuslib().DBus()
         self._jobs_removed: dict[str, str] = {}  # job path -> result
         self._units_removed: dict[str, str] = {}  # unit -> result of its last job
         self._changed: set[str] = set()  # unit object paths with new properties
@@ -160,7 +159,7 @@ class Bus:
         return str(_text(self._call(b"StopUnit", self._strings(name, mode))))
 
     def kill_unit(self, name: str, signal: int, whom: str = "all") -> None:
-        from pystemd.dbuslib import apply_signature
+        apply_signature = dbuslib().apply_signature
 
         args = apply_signature(b"ssi", [name.encode(), whom.encode(), signal])
         self._call(b"KillUnit", args)
@@ -169,7 +168,7 @@ class Bus:
         self._call(b"ResetFailedUnit", self._strings(name))
 
     def set_unit_properties(self, name: str, properties: Sequence[Property]) -> None:
-        from pystemd.dbuslib import apply_signature
+        apply_signature = dbuslib().apply_signature
 
         args = apply_signature(b"sb", [name.encode(), True]) + encode_properties(properties)
         self._call(b"SetUnitProperties", args)
@@ -182,7 +181,7 @@ class Bus:
 
     @staticmethod
     def _strings(*values: str) -> list[Token]:
-        from pystemd.dbuslib import apply_signature
+        apply_signature = dbuslib().apply_signature
 
         return list(apply_signature(b"s" * len(values), [v.encode() for v in values]))
 
