@@ -30,6 +30,7 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -40,6 +41,8 @@ from typing import Any
 
 from podunit.errors import ImageError
 from podunit.run import CommandError, run
+
+log = logging.getLogger(__name__)
 
 HELPER_TIMEOUT = 30.0
 IDENTITY_TOKEN_USER = "<token>"  # what helpers answer for an OAuth identity token
@@ -190,6 +193,11 @@ def run_helper(
         proc = run(argv, capture=True, check=False, input=_server_url(registry).encode(),
                    env=env, timeout=HELPER_TIMEOUT)  # fmt: skip
     except CommandError as exc:
+        if "not found" in exc.reason:
+            # As if it had no entry: an anonymous pull can still work, and one
+            # that cannot says "authentication required" anyway.
+            log.warning("%s: %s is not installed; ignoring it", where, argv[0])
+            return None
         raise AuthError(f"{where}: credential helper {exc}") from None
     if proc.returncode != 0:
         # The helpers' protocol: "credentials not found" on stdout, exit 1.

@@ -255,6 +255,16 @@ def _merge_file(conf: RegistriesConf, path: Path, *, lines_ok: bool) -> None:
     _merge_toml(conf, doc, str(path))
 
 
+def parse_registries_conf(text: str, where: str = "<text>") -> RegistriesConf:
+    """One TOML document on its own (tests, tools)."""
+    conf = RegistriesConf()
+    try:
+        _merge_toml(conf, tomllib.loads(text), where)
+    except tomllib.TOMLDecodeError as exc:
+        raise ImageError(f"{where}: not valid TOML: {exc}") from None
+    return conf
+
+
 def _dropins(directory: Path) -> list[Path]:
     try:
         names = sorted(os.listdir(directory))

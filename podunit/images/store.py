@@ -55,6 +55,7 @@ from podunit.images.oci import (
     parse_manifest,
     select_manifest,
 )
+from podunit.images.prefetch import Prefetcher
 from podunit.images.reference import ImageReference
 from podunit.images.unpack import unpack_layer
 
@@ -72,6 +73,9 @@ DEFAULT_BOMB_RATIO = 100
 DEFAULT_WORKERS = 4  # layers fetched and unpacked at once
 MIN_FREE_FLOOR = 256 << 20
 SPACE_CHECK_EVERY = 16 << 20  # bytes written between free-space checks
+# Read layers ahead in a thread (prefetch.py); PODUNIT_PREFETCH=0 turns it off
+# (for comparing, and for debugging with one thread per layer).
+PREFETCH = os.environ.get("PODUNIT_PREFETCH", "1") != "0"
 
 
 def default_min_free() -> int | None:
@@ -423,17 +427,29 @@ class ImageStore:
         """Unpack and read to the end; return the digest of the uncompressed tar."""
         if kind == "none":
             # The blob is the tar: one hash serves as digest and diff_id.
-            unpack_layer(compressed, rootfs, name)
-            compressed.drain()
+            self._unpack_ahead(compressed, rootfs, name)
             return compressed.digest
         plain = BoundedReader(compressed, kind, self.bomb_min, self.bomb_ratio)
         tar = HashingReader(
             _Watched(plain, pull, None, self._check_space), f"{name} (uncompressed)"
         )
-        unpack_layer(tar, rootfs, name)
-        tar.drain()
+        self._unpack_ahead(tar, rootfs, name)
         compressed.drain()
         return tar.digest
+
+    @staticmethod
+    def _unpack_ahead(tar: HashingReader, rootfs: Path, name: str) -> None:
+        """Unpack with the reading chain (download, hashes, decompression) in
+        a thread of its own (see prefetch.py); read to the end of `tar`."""
+        if not PREFETCH:
+            unpack_layer(tar, rootfs, name)
+            tar.drain()
+            return
+        # closing(): on any error the reader thread is stopped and joined
+        # before the caller reads the chain again to report a digest mismatch.
+        with contextlib.closing(Prefetcher(tar)) as ahead:
+            unpack_layer(ahead, rootfs, name)
+            ahead.finish()
 
     def _check_space(self, upcoming: int = 0) -> None:
         """ImageError while there is still room: never let a pull fill the disk."""

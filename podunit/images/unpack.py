@@ -245,7 +245,12 @@ class _Unpacker:
 
     def regular(self, tf: tarfile.TarFile, m: tarfile.TarInfo, pfd: int, base: str) -> None:
         self._clear(pfd, base, keep_dir=False)
-        fd = os.open(base, _NEW_FILE, 0o600, dir_fd=pfd)
+        mode = m.mode & 0o7777
+        # Created with its permission bits, and chown/chmod only where the
+        # result differs (another owner, umask, setuid): most files of an
+        # image are root's with plain modes, so two syscalls per file (and
+        # two inode updates in the journal) are saved.
+        fd = os.open(base, _NEW_FILE, mode & 0o777, dir_fd=pfd)
         try:
             src = tf.extractfile(m)
             if src is not None:
@@ -253,11 +258,13 @@ class _Unpacker:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
-            os.fchown(fd, m.uid, m.gid)
-            os.fchmod(fd, m.mode & 0o7777)  # after chown, which clears setuid
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid) != (m.uid, m.gid):
+                os.fchown(fd, m.uid, m.gid)
+            if stat.S_IMODE(st.st_mode) != mode:
+                os.fchmod(fd, mode)  # after chown, which clears setuid
             self._set_xattrs(fd, m)
             _set_times(fd, _mtime_ns(m))
-            st = os.fstat(fd)
             self.files.add((st.st_dev, st.st_ino))
         finally:
             os.close(fd)
@@ -397,8 +404,10 @@ class _Unpacker:
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) != (meta.dev, meta.ino):
                     continue  # not the directory that entry created
-                os.fchown(fd, meta.uid, meta.gid)
-                os.fchmod(fd, meta.mode)
+                if (st.st_uid, st.st_gid) != (meta.uid, meta.gid):
+                    os.fchown(fd, meta.uid, meta.gid)
+                if stat.S_IMODE(st.st_mode) != meta.mode:
+                    os.fchmod(fd, meta.mode)  # after chown, which clears setgid
                 _set_times(fd, meta.mtime_ns)
             finally:
                 os.close(fd)

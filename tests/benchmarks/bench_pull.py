@@ -117,7 +117,11 @@ def main() -> int:
         time.sleep(1)
         run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:v1",
              f"docker://{IMAGE}"], timeout=600)  # fmt: skip
-        env = {"PYTHONPATH": str(REPO), "PODUNIT_INSECURE_REGISTRIES": REGISTRY}
+        # Accept the unsigned bench image, as podman's default policy.json does.
+        policy = tb.shared_dir / "bench-policy.json"
+        policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+        env = {"PYTHONPATH": str(REPO), "PODUNIT_INSECURE_REGISTRIES": REGISTRY,
+               "PODUNIT_POLICY": str(policy)}  # fmt: skip
         base = Path("/var/lib/podunit/bench")
 
         def podunit(n: int) -> None:

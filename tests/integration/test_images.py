@@ -39,10 +39,15 @@ class Cli:
         self.testbed = testbed
         self.regs = regs
         self.auth_file = regs.root / "auth.json"
+        # These tests are about transport and storage: their unsigned test images are
+        # accepted by a policy of their own (test_trust.py tests the policies).
+        accept_all = regs.root / "policy-accept-all.json"
+        accept_all.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
         self.env = {
             "PYTHONPATH": str(REPO),
             "PODUNIT_CERTS_DIR": str(regs.certs_dir),
             "REGISTRY_AUTH_FILE": str(self.auth_file),
+            "PODUNIT_POLICY": str(accept_all),
         }
 
     def argv(self, *args: str) -> list[str]:
@@ -202,6 +207,7 @@ spec:
     refused = cli("run", "--wait", "--rm", str(never), check=False)
     assert refused.returncode == 1 and "imagePullPolicy is Never" in refused.stderr
     # The built-in trust policy refuses unsigned registry images until the admin opens them.
+    accept_all = cli.env.pop("PODUNIT_POLICY")
     untrusted = cli("run", "--wait", "--rm", str(manifest), check=False)
     assert untrusted.returncode != 0 and "podunit trust set --type accept" in untrusted.stderr
     cli("trust", "set", "--type", "accept", f"{regs.basic}/busybox")
@@ -215,6 +221,7 @@ spec:
         cli("run", "--wait", "--rm", str(never))
     finally:
         systemd.run(["rm", "-f", "/etc/podunit/policy.json"])
+        cli.env["PODUNIT_POLICY"] = accept_all
 
 
 # ---- archives --------------------------------------------------------------------------------
@@ -367,3 +374,47 @@ spec:
     assert f"docker://{image}" not in {i["ref"] for i in cli.images()}
     verify = json.loads(cli("image", "verify", "--json").stdout)
     assert verify["corrupt"] == [] and verify["incomplete"] == []
+
+
+# ---- registry configuration ------------------------------------------------------------------
+
+
+def test_mirror_serves_primary_name_and_blocked_registry_is_refused(
+    systemd: Testbed, cli: Cli, regs: Registries
+) -> None:
+    # The image exists only on the "mirror" (the Basic-auth registry, under a
+    # path of its own); the primary (the Bearer one) has never seen it.
+    layout = small_image(systemd.shared_dir / "mirror-src", "mirrored")
+    regs.skopeo_push(systemd, f"oci:{layout.path}:t", f"{regs.basic}/mirror/app:v1")
+    conf = regs.root / "registries-mirror.conf"
+    conf.write_text(f"""
+[[registry]]
+location = "{regs.token}"
+[[registry.mirror]]
+location = "127.0.0.1:9/nothing-listens-here"
+[[registry.mirror]]
+location = "{regs.basic}/mirror"
+
+[[registry]]
+prefix = "{regs.basic}/forbidden"
+blocked = true
+""")
+    # Trust is not what this test is about: a policy of its own accepts these images.
+    policy = regs.root / "policy-accept.json"
+    policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    env = dict(cli.env, PODUNIT_REGISTRIES_CONF=str(conf), PODUNIT_POLICY=str(policy))
+    primary = f"docker://{regs.token}/app:v1"
+    result = cli.testbed.run(cli.argv("--debug", "pull", "--json", primary), env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ref"] == primary
+    assert f"pulling from mirror {regs.basic}/mirror/app" in result.stderr
+    assert primary in {i["ref"] for i in cli.images()}
+    # Without the mirror the primary has no such image.
+    no_mirror = dict(env, PODUNIT_REGISTRIES_CONF="/nonexistent")
+    missing = cli.testbed.run(cli.argv("pull", primary), env=no_mirror, check=False)
+    assert missing.returncode == 1 and "manifest unknown" in missing.stderr
+    cli("rmi", primary)
+    blocked = cli.testbed.run(cli.argv("pull", f"{regs.basic}/forbidden/app:v1"), env=env,
+                              check=False)  # fmt: skip
+    assert blocked.returncode == 1
+    assert f"registry {regs.basic}/forbidden is blocked" in blocked.stderr

@@ -1,15 +1,18 @@
 """Trust end to end in the testbed: GPG interop with Debian's skopeo both ways, cosign
 signatures made by `podunit sign` on a real registry, and refusals before any layer.
 
-Pulls run podunit's ImageStore with `make_verifier()` inside the testbed (PULL below),
-through the real registry client: exactly what `podunit pull`/`run` do once the verifier
-is wired into them.
+Most pulls run podunit's ImageStore with `make_verifier()` inside the testbed (PULL below),
+through the real registry client, with a policy file per case. The admin test at the end
+drives only the CLI, as an admin would: `podunit trust` edits /etc/podunit/policy.json,
+then `podunit run` and `podunit pull` enforce it.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +23,9 @@ from images_build import OciImage
 from podunit_cli import REPO
 from registry import PASSWORD, USER, Registries, start_registries, stop_registries
 from testbed import Testbed
+
+sys.path.insert(0, str(REPO))
+from tests.fixtures.images import Layer, OciLayout, TarBuilder, make_layer  # noqa: E402
 
 VECTORS = REPO.parent / "shared/fixtures/containers-image-signatures"
 GNUPGHOME = "/root/podunit-trust-gnupg"  # short path: gpg-agent puts its socket there
@@ -243,3 +249,118 @@ def test_builtin_policy_refuses_registry_and_names_the_command(trust: Env) -> No
     assert code == 3, out
     assert f"podunit trust set --type accept {repo}" in out
     assert layers_unpacked(store) == []
+
+
+# ---- the admin's policy, through the CLI -------------------------------------------------
+
+ADMIN_POLICY = Path("/etc/podunit/policy.json")  # podunit's default: no PODUNIT_POLICY here
+POD = """apiVersion: v1
+kind: Pod
+metadata: {name: trusted}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: docker://IMAGE
+    imagePullPolicy: Always
+    command: ["/bin/sh", "-c", "cat /marker"]
+"""
+
+
+def marked_image(layout: Path, busybox: OciImage, marker: str) -> str:
+    """busybox plus a layer of its own holding /marker: an image whose top layer no other
+    test has, so that "no layer was unpacked" can be told from "it was there already".
+    Returns its oci: reference."""
+    base = busybox.layout
+    index = json.loads((base / "index.json").read_text())
+    desc = next(m for m in index["manifests"]
+                if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == busybox.tag)  # fmt: skip
+    manifest = json.loads((base / "blobs/sha256" / desc["digest"][7:]).read_text())
+    config = json.loads((base / "blobs/sha256" / manifest["config"]["digest"][7:]).read_text())
+    layers = [
+        Layer((base / "blobs/sha256" / d["digest"][7:]).read_bytes(), d["mediaType"], diff_id)
+        for d, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True)
+    ]
+    layers.append(make_layer(TarBuilder().file("marker", f"{marker}\n".encode()).bytes()))
+    out = OciLayout(layout)
+    out.tag(out.image(layers, config=config["config"]), "t")
+    return f"oci:{layout}:t"
+
+
+def store_layers(testbed: Testbed) -> set[str]:
+    layers = testbed.state_dir / "layers" / "sha256"
+    return {p.name for p in layers.iterdir()} if layers.is_dir() else set()
+
+
+def pod_units(testbed: Testbed) -> str:
+    return testbed.run(["systemctl", "list-units", "--all", "--plain", "--no-legend",
+                        "podunit-trusted*"]).stdout.strip()  # fmt: skip
+
+
+@pytest.fixture
+def admin_policy(trust: Env) -> Iterator[None]:
+    """The session testbed's /etc/podunit/policy.json, removed afterwards: every other
+    test relies on the built-in default."""
+    trust.testbed.run(["rm", "-f", str(ADMIN_POLICY)])
+    try:
+        yield
+    finally:
+        trust.testbed.run(["rm", "-f", str(ADMIN_POLICY)])
+        cli(trust, "rm", "--force", "trusted")  # if a failed assertion left it behind
+
+
+def test_admin_policy_enforced_by_run_and_pull(
+    trust: Env, busybox_image: OciImage, admin_policy: None
+) -> None:
+    repo = f"{trust.regs.basic}/trusted/app"
+    for name in ("admin", "ops", "rogue"):
+        trust.podunit("key", "generate", "--no-password", "--output", str(trust.root / name))
+    # "Reject everything except images signed by our keys", with podunit's own commands.
+    trust.podunit("trust", "set", "--type", "reject", "default")
+    trust.podunit("trust", "set", "--type", "sigstoreSigned", "--pubkeysfile",
+                  str(trust.root / "admin.pub"), f"{trust.regs.basic}/trusted")  # fmt: skip
+    trust.podunit("trust", "add-key", f"{trust.regs.basic}/trusted", str(trust.root / "ops.pub"))
+    shown = trust.podunit("trust", "show")
+    assert f"policy: {ADMIN_POLICY}" in shown and "sigstoreSigned" in shown, shown
+    pod = trust.root / "trusted.yaml"
+    pod.write_text(POD.replace("IMAGE", f"{repo}:v1"))
+    markers = {case: secrets.token_hex(8) for case in ("unsigned", "rogue", "signed")}
+
+    def publish(case: str, key: str | None) -> None:
+        """Push this case's own image to repo:v1 (replacing the last), signed with `key`."""
+        trust.push(marked_image(trust.root / f"img-{case}", busybox_image, markers[case]),
+                   f"{repo}:v1")  # fmt: skip
+        if key:
+            trust.podunit("sign", "--key", str(trust.root / f"{key}.key"), f"docker://{repo}:v1")
+
+    def refused(why: str) -> None:
+        before = store_layers(trust.testbed)
+        for args in (("run", "--wait", "--rm", str(pod)), ("pull", f"docker://{repo}:v1")):
+            result = cli(trust, *args)
+            out = result.stdout + result.stderr
+            assert result.returncode != 0, out
+            assert f'scope "{trust.regs.basic}/trusted"' in out and "(sigstoreSigned" in out
+            assert why in out, out
+            assert pod_units(trust.testbed) == ""
+        assert store_layers(trust.testbed) == before
+
+    publish("unsigned", None)
+    refused("no cosign signatures")
+    publish("rogue", "rogue")
+    refused("not signed by any of the trusted keys")
+    publish("signed", "admin")
+    before = store_layers(trust.testbed)
+    cli(trust, "run", "--wait", "--rm", str(pod), check=True)
+    journal = trust.testbed.run(["journalctl", "--no-pager", "-o", "cat", "-u",
+                                 "podunit-trusted_main.service"]).stdout  # fmt: skip
+    assert markers["signed"] in journal
+    assert markers["rogue"] not in journal and markers["unsigned"] not in journal
+    assert store_layers(trust.testbed) - before  # the signed image's own layer, unpacked
+    assert cli(trust, "pull", f"docker://{repo}:v1", check=True).returncode == 0
+
+
+def cli(trust: Env, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """`podunit ARGS` in the testbed, with the registry's CA and credentials only: the
+    policy is the one at its default path."""
+    argv = [sys.executable, "-m", "podunit", *args]
+    return trust.testbed.run(argv, env=trust.env, check=check, timeout=300)

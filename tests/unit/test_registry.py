@@ -22,6 +22,7 @@ from podunit.errors import ImageError, IntegrityError  # noqa: E402
 from podunit.images.auth import AuthError  # noqa: E402
 from podunit.images.http import HttpClient  # noqa: E402
 from podunit.images.reference import parse_reference  # noqa: E402
+from podunit.images.registries_conf import parse_registries_conf  # noqa: E402
 from podunit.images.registry import RegistryClient, RegistrySource  # noqa: E402
 from podunit.images.signatures import TrustError  # noqa: E402
 from podunit.images.store import ImageStore  # noqa: E402
@@ -441,3 +442,68 @@ def test_disk_space_guard_stops_pull(fake: FakeRegistry, tmp_path: Path) -> None
     finally:
         store_mod._open_source = orig
     assert not list((tmp_path / "store/layers/sha256").iterdir())
+
+
+# ---- mirrors ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mirror() -> Iterator[FakeRegistry]:
+    registry = FakeRegistry()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), registry.handler())
+    registry.port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield registry
+    server.shutdown()
+    server.server_close()
+
+
+def mirrored_source(fake: FakeRegistry, mirror: FakeRegistry, conf_text: str) -> RegistrySource:
+    conf = parse_registries_conf(conf_text)
+    ref = parse_reference(f"{fake.host}/repo:v1")
+    endpoints = conf.endpoints(ref.domain, ref.repository, by_digest=False)
+    return RegistrySource(ref, endpoints=endpoints, http=http_for(fake, mirror))
+
+
+def test_mirror_serves_manifest_and_blobs(
+    fake: FakeRegistry, mirror: FakeRegistry, tmp_path: Path
+) -> None:
+    digest = mirror.add_image({"from": b"mirror"})
+    conf = f"""
+[[registry]]
+location = "{fake.host}"
+[[registry.mirror]]
+location = "127.0.0.1:1/down"
+[[registry.mirror]]
+location = "{mirror.host}/cache"
+"""
+    _, image = pull(tmp_path, mirrored_source(fake, mirror, conf))
+    assert image.manifest_digest == digest
+    assert (image.layers[0] / "from").read_bytes() == b"mirror"
+    # Everything, blobs included, came from the mirror, under its path.
+    assert fake.requests == []
+    assert {p.split("/")[2:4] == ["cache", "repo"] for _, p, _ in mirror.requests} == {True}
+
+
+def test_mirror_without_the_image_falls_back_to_primary(
+    fake: FakeRegistry, mirror: FakeRegistry, tmp_path: Path
+) -> None:
+    digest = fake.add_image({"from": b"primary"})
+    conf = f'[[registry]]\nlocation = "{fake.host}"\n'
+    conf += f'[[registry.mirror]]\nlocation = "{mirror.host}"\n'
+    _, image = pull(tmp_path, mirrored_source(fake, mirror, conf))
+    assert image.manifest_digest == digest
+    assert [p for _, p, _ in mirror.requests] == ["/v2/repo/manifests/v1"]
+    assert not any("/blobs/" in p for _, p, _ in mirror.requests)
+    # A tag-only mirror is skipped for digest pulls altogether.
+    only_tags = conf + 'pull-from-mirror = "tag-only"\n'
+    mirror.requests.clear()
+    ends = parse_registries_conf(only_tags).endpoints(fake.host, "repo", by_digest=True)
+    assert [e.mirror for e in ends] == [False]
+
+
+def test_no_endpoint_has_it_names_each(fake: FakeRegistry, mirror: FakeRegistry) -> None:
+    conf = f'[[registry]]\nlocation = "{fake.host}"\n'
+    conf += f'[[registry.mirror]]\nlocation = "{mirror.host}"\n'
+    with pytest.raises(ImageError, match=f"{mirror.host}/repo: manifest unknown.*{fake.host}"):
+        mirrored_source(fake, mirror, conf).read_index()

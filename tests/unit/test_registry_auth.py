@@ -115,3 +115,47 @@ def test_insecure_registries_from_env_and_conf(tmp_path: Path) -> None:
     conf.write_text("# comment\ninsecure 10.0.0.1:5000  # lab\nsomething else\n")
     env = {"PODUNIT_INSECURE_REGISTRIES": "a:1, b", "PODUNIT_REGISTRIES_CONF": str(conf)}
     assert insecure_registries(env) == {"a:1", "b", "10.0.0.1:5000"}
+
+
+HELPER = """#!/bin/sh
+# A fake docker-credential helper: logs what it was asked, answers by server URL.
+[ "$1" = get ] || exit 2
+read -r server
+echo "$server" >> "$(dirname "$0")/asked"
+case "$server" in
+  helped.example) echo '{"ServerURL":"helped.example","Username":"hu","Secret":"hs"}' ;;
+  https://index.docker.io/v1/) echo '{"Username":"hub","Secret":"hubpw"}' ;;
+  token.example) echo '{"Username":"<token>","Secret":"refresh"}' ;;
+  broken.example) echo 'keychain locked' >&2; exit 3 ;;
+  *) echo 'credentials not found in native keychain'; exit 1 ;;
+esac
+"""
+
+
+def test_credential_helpers_per_registry_and_default_store(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("docker-credential-fake", "docker-credential-store"):
+        (bin_dir / name).write_text(HELPER)
+        (bin_dir / name).chmod(0o755)
+    home = tmp_path / "home"
+    (home / ".docker").mkdir(parents=True)
+    (home / ".docker/config.json").write_text(json.dumps({
+        "credHelpers": {"helped.example": "fake", "token.example": "fake",
+                        "broken.example": "fake", "gone.example": "missing"},
+        "credsStore": "store",
+        "auths": {"plain.example": {"auth": b64("p:q")}, "https://index.docker.io/v1/": {}},
+    }))  # fmt: skip
+    env = {"HOME": str(home), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    assert find_credentials("helped.example", "a/b", env) == Credentials("hu", "hs")
+    # auths before the default store; Hub's placeholder falls through to the store.
+    assert find_credentials("plain.example", None, env) == Credentials("p", "q")
+    assert find_credentials("docker.io", "library/x", env) == Credentials("hub", "hubpw")
+    assert find_credentials("unknown.example", None, env) is None
+    assert find_credentials("gone.example", None, env) is None  # not installed: a warning
+    with pytest.raises(AuthError, match="identity token"):
+        find_credentials("token.example", None, env)
+    with pytest.raises(AuthError, match="docker-credential-fake failed.*keychain locked"):
+        find_credentials("broken.example", None, env)
+    asked = (bin_dir / "asked").read_text().split()
+    assert asked[:3] == ["helped.example", "https://index.docker.io/v1/", "unknown.example"]
