@@ -76,8 +76,11 @@ class Boot:
         start jobs (same transaction) may still be finishing."""
         deadline = time.monotonic() + timeout
         while any(self.active(u) != "active" for u in units):
-            states = {u: self.active(u) for u in units}
-            assert time.monotonic() < deadline, f"not active in time: {states}"
+            if time.monotonic() > deadline:
+                states = {u: self.active(u) for u in units}
+                argv = ["journalctl", "--no-pager", "-n", "80", "-o", "short-monotonic"]
+                journal = self.testbed.run(argv, check=False).stdout
+                raise AssertionError(f"not active in time: {states}\n{journal}")
             time.sleep(0.2)
 
 
