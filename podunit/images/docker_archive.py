@@ -34,7 +34,7 @@ from typing import IO, Any
 from podunit.errors import ImageError, IntegrityError
 from podunit.images.compress import OCI_LAYER
 from podunit.images.digest import MAX_JSON_SIZE, Descriptor, check_digest, parse_json_object
-from podunit.images.oci import DOCKER_CONFIG, DOCKER_MANIFEST, parse_config
+from podunit.images.oci import DOCKER_CONFIG, DOCKER_MANIFEST, open_archive, parse_config
 from podunit.images.reference import ImageReference, ReferenceError, parse_registry_name
 
 LAYER_TYPES = {"none": OCI_LAYER, "gzip": OCI_LAYER + "+gzip", "zstd": OCI_LAYER + "+zstd"}
@@ -209,18 +209,8 @@ class DockerArchive:
 
 @contextlib.contextmanager
 def open_docker_archive(ref: ImageReference) -> Iterator[DockerArchive]:
-    path = Path(ref.path)
-    try:
-        tf = tarfile.open(path, mode="r:*")
-    except FileNotFoundError:
-        raise ImageError(f"{ref}: {path} does not exist") from None
-    except (tarfile.TarError, OSError) as exc:
-        raise ImageError(f"{ref}: cannot read archive: {exc}") from None
-    with tf:
-        try:
-            yield DockerArchive(ref, tf)
-        except tarfile.TarError as exc:
-            raise ImageError(f"{ref}: corrupt archive: {exc}") from None
+    with open_archive(ref, Path(ref.path)) as tf:
+        yield DockerArchive(ref, tf)
 
 
 def archive_kind(path: Path) -> str:

@@ -172,6 +172,14 @@ def open_source(ref: ImageReference) -> Iterator[BlobSource]:
         return
     if ref.transport != "oci-archive":
         raise ImageError(f"{ref}: the {ref.transport} transport is not supported yet")
+    with open_archive(ref, path) as tf:
+        yield LayoutArchive(path, tf)
+
+
+@contextlib.contextmanager
+def open_archive(ref: ImageReference, path: Path) -> Iterator[tarfile.TarFile]:
+    """The tar file behind an archive transport; errors name the reference,
+    including a corrupt member found while the caller reads it."""
     try:
         tf = tarfile.open(path, mode="r:*")
     except FileNotFoundError:
@@ -180,7 +188,7 @@ def open_source(ref: ImageReference) -> Iterator[BlobSource]:
         raise ImageError(f"{ref}: cannot read archive: {exc}") from None
     with tf:
         try:
-            yield LayoutArchive(path, tf)
+            yield tf
         except tarfile.TarError as exc:
             raise ImageError(f"{ref}: corrupt archive: {exc}") from None
 

@@ -31,13 +31,11 @@ import secrets
 import shutil
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from podunit.errors import ImageError, IntegrityError
-from podunit.images.compress import BoundedReader, layer_compression
 from podunit.images.digest import (
     CHUNK,
     Descriptor,
@@ -55,9 +53,7 @@ from podunit.images.oci import (
     parse_manifest,
     select_manifest,
 )
-from podunit.images.prefetch import Prefetcher
 from podunit.images.reference import ImageReference
-from podunit.images.unpack import unpack_layer
 
 if TYPE_CHECKING:
     from podunit.images.progress import Progress
@@ -182,6 +178,8 @@ class ImageStore:
 
     def pull(self, ref: ImageReference, *, progress: Progress | None = None) -> Image:
         """Copy the image into the store, verifying everything; return it."""
+        from podunit.images import compress  # imported on the first pull only
+
         if ref.transport not in SUPPORTED_TRANSPORTS:
             raise ImageError(f"{ref}: pulling from {ref.transport} is not supported yet")
         self._ensure_dirs()
@@ -195,7 +193,7 @@ class ImageStore:
             pull = _Pull(work, source, progress)
             mdesc, manifest, config, diff_ids = self._resolve(pull, ref)
             for desc in manifest.layers:
-                layer_compression(desc.media_type, f"layer {desc.digest}")  # fail early
+                compress.layer_compression(desc.media_type, f"layer {desc.digest}")  # fail early
             self._verify_trust(pull, ref, mdesc)
             self._unpack_missing(pull, stack, manifest.layers, diff_ids)
             self._publish(pull)
@@ -359,6 +357,8 @@ class ImageStore:
             for desc, diff_id in todo:
                 self._unpack_task(pull, desc, diff_id)
             return
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(self.workers, thread_name_prefix="layer") as pool:
             futures = [pool.submit(self._unpack_task, pull, d, i) for d, i in todo]
             errors = []
@@ -384,8 +384,10 @@ class ImageStore:
             pull.progress.layer_done(desc.digest, "pulled")
 
     def _unpack_one(self, pull: _Pull, desc: Descriptor, diff_id: str, rootfs: Path) -> None:
+        from podunit.images import compress  # imported on the first pull only
+
         name = f"layer {desc.digest}"
-        kind = layer_compression(desc.media_type, name)
+        kind = compress.layer_compression(desc.media_type, name)
         stored = self.blobs / desc.hex
         with contextlib.ExitStack() as stack:
             tee: BinaryIO | None = None
@@ -425,11 +427,13 @@ class ImageStore:
         self, pull: _Pull, compressed: HashingReader, kind: str, rootfs: Path, name: str
     ) -> str:
         """Unpack and read to the end; return the digest of the uncompressed tar."""
+        from podunit.images import compress  # imported on the first pull only
+
         if kind == "none":
             # The blob is the tar: one hash serves as digest and diff_id.
             self._unpack_ahead(compressed, rootfs, name)
             return compressed.digest
-        plain = BoundedReader(compressed, kind, self.bomb_min, self.bomb_ratio)
+        plain = compress.BoundedReader(compressed, kind, self.bomb_min, self.bomb_ratio)
         tar = HashingReader(
             _Watched(plain, pull, None, self._check_space), f"{name} (uncompressed)"
         )
@@ -441,14 +445,18 @@ class ImageStore:
     def _unpack_ahead(tar: HashingReader, rootfs: Path, name: str) -> None:
         """Unpack with the reading chain (download, hashes, decompression) in
         a thread of its own (see prefetch.py); read to the end of `tar`."""
+        from podunit.images import unpack  # imported on the first pull only
+
         if not PREFETCH:
-            unpack_layer(tar, rootfs, name)
+            unpack.unpack_layer(tar, rootfs, name)
             tar.drain()
             return
         # closing(): on any error the reader thread is stopped and joined
         # before the caller reads the chain again to report a digest mismatch.
+        from podunit.images.prefetch import Prefetcher
+
         with contextlib.closing(Prefetcher(tar)) as ahead:
-            unpack_layer(ahead, rootfs, name)
+            unpack.unpack_layer(ahead, rootfs, name)
             ahead.finish()
 
     def _check_space(self, upcoming: int = 0) -> None:
