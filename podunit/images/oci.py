@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
@@ -41,7 +40,7 @@ CONFIG_TYPES = (OCI_CONFIG, DOCKER_CONFIG)
 REF_NAME = "org.opencontainers.image.ref.name"
 MAX_INDEX_DEPTH = 4
 
-# platform.machine() -> GOARCH (what image platforms are written in).
+# uname machine -> GOARCH (what image platforms are written in).
 GOARCH = {
     "x86_64": "amd64",
     "amd64": "amd64",
@@ -194,7 +193,7 @@ def open_archive(ref: ImageReference, path: Path) -> Iterator[tarfile.TarFile]:
 
 
 def host_platform() -> tuple[str, str]:
-    machine = platform.machine()
+    machine = os.uname().machine  # what platform.machine() returns, without its import
     return "linux", GOARCH.get(machine, machine)
 
 
