@@ -29,15 +29,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from podunit.errors import PodunitError
 from podunit.paths import MANIFEST_DIRS, runtime_dir, state_dir
-from podunit.systemd.unitfile import render_unit
-from podunit.systemd.units import WANTED_BY_ANNOTATION, Property, Stage1Command, Unit
 
+# Only the search runs at every boot; the compiler is imported once there is
+# something to compile (a host without boot pods pays for Python's start only).
 if TYPE_CHECKING:
     from podunit.images.store import Image
     from podunit.plan import PodPlan
     from podunit.spec import Pod
+    from podunit.systemd.units import Stage1Command, Unit
+
+WANTED_BY_ANNOTATION = "podunit.io/wanted-by"
 
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system")
 TEMPLATE = "pod@.service"
@@ -65,6 +67,8 @@ def find_manifests(dirs: Sequence[str] = MANIFEST_DIRS) -> dict[str, Path]:
 def find_manifest(pod: str, dirs: Sequence[str] = MANIFEST_DIRS) -> Path:
     manifest = find_manifests(dirs).get(pod)
     if manifest is None:
+        from podunit.errors import PodunitError
+
         where = ", ".join(dirs)
         raise PodunitError(f"no manifest {pod}.yaml in {where}")
     return manifest
@@ -128,7 +132,7 @@ def socket_units(pod: str, unit_dirs: Sequence[str] = UNIT_DIRS) -> list[str]:
 def failing_dropin(name: str, stage1: Stage1Command) -> Unit:
     """For a manifest that does not compile: starting the pod re-runs the
     parser through `podunit prepare`, which fails with the same message."""
-    from podunit.systemd.units import _exec
+    from podunit.systemd.units import Property, Unit, _exec
 
     props = [
         Property("Description", "s", f"podunit pod {name} (invalid manifest)"),
@@ -143,6 +147,9 @@ def failing_dropin(name: str, stage1: Stage1Command) -> Unit:
 
 def generate(stage1: Stage1Command, manifests: dict[str, Path]) -> tuple[dict[str, str], list[str]]:
     """Relative path -> file text (symlinks as "-> target"), and the errors."""
+    from podunit.errors import PodunitError
+    from podunit.systemd.unitfile import render_unit
+
     files: dict[str, str] = {}
     errors: list[str] = []
     for name, path in manifests.items():
@@ -219,9 +226,12 @@ def main(argv: Sequence[str]) -> int:
     if len(argv) not in (1, 3):
         print("usage: podunit-generator NORMAL_DIR [EARLY_DIR LATE_DIR]", file=sys.stderr)
         return 2
+    manifests = find_manifests()
+    if not manifests:
+        return 0
     from podunit.systemd.units import stage1_command
 
-    files, errors = generate(stage1_command(), find_manifests())
+    files, errors = generate(stage1_command(), manifests)
     write_files(Path(argv[0]), files)
     report(errors)
     return 0

@@ -92,7 +92,6 @@ def stage1_command() -> Stage1Command:
 
 ANNOTATION_PREFIX = "podunit.io/"
 NOTIFY_ANNOTATION = "podunit.io/notify"
-WANTED_BY_ANNOTATION = "podunit.io/wanted-by"
 
 
 def _exec(name: str, argv: Sequence[str], *, ignore_failure: bool = False) -> Property:
