@@ -199,10 +199,20 @@ class Bus:
         self._changed.add(str(path))
 
     def _pump(self, timeout: float) -> None:
-        fd = self._bus.get_fd()
-        select.select([fd], [], [], max(0.0, timeout))
+        """Dispatch what has arrived; wait for the socket only when nothing
+        had. sd-bus reads signals off the socket while it waits for a method
+        reply and keeps them queued: select() alone would not see those and
+        would sleep for the whole timeout with the awaited signal in hand."""
+        if self._dispatch():
+            return
+        select.select([self._bus.get_fd()], [], [], max(0.0, timeout))
+        self._dispatch()
+
+    def _dispatch(self) -> bool:
+        handled = False
         while not self._bus.process().is_empty():
-            pass
+            handled = True
+        return handled
 
     def wait_for_jobs(self, jobs: Iterable[str], timeout: float | None = None) -> dict[str, str]:
         """Block until every job path in `jobs` is removed; job path -> result."""

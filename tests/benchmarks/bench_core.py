@@ -195,8 +195,11 @@ def crun_bundle(tb: Testbed, rootfs: str) -> str:
 
 
 def podman_ready(tb: Testbed, layout: Path) -> None:
-    tb.run([*PODMAN, "pull", "-q", f"oci:{layout}:busybox"], timeout=300)
-    tb.run([*PODMAN, "tag", "busybox", "bench"])
+    # podman names an oci: image after its path, which must then be a valid reference
+    # (the testbed's random directory name may not be): pull it through a fixed link.
+    tb.run(["ln", "-sfn", str(layout), "/run/bench-busybox"])
+    image_id = tb.run([*PODMAN, "pull", "-q", "oci:/run/bench-busybox:busybox"], timeout=300)
+    tb.run([*PODMAN, "tag", image_id.stdout.strip(), "bench"])
 
 
 def containerd_ready(tb: Testbed, layout: Path) -> str | None:
