@@ -96,7 +96,11 @@ def _unescape(field: str) -> str:
 
 
 def unmount_tree(base: Path) -> None:
-    """Detach every mount at or below `base`, deepest first."""
+    """Detach every mount at or below `base`, deepest first (mounts stacked
+    on one point are each listed, so all of them go); a mount already gone
+    with its parent is not an error."""
+    import errno
+
     from podunit.kernel import syscalls as sc
 
     if not base.exists():
@@ -105,9 +109,10 @@ def unmount_tree(base: Path) -> None:
     for point in sorted(mount_points(), key=len, reverse=True):
         if point == str(base) or point.startswith(prefix):
             try:
-                sc.umount(point, sc.MNT_DETACH)
-            except OSError:
-                pass  # already gone with its parent
+                sc.umount(point, sc.MNT_DETACH | sc.UMOUNT_NOFOLLOW)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOENT):
+                    raise
 
 
 def remove_tree(path: str) -> None:

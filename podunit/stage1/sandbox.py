@@ -15,7 +15,6 @@ undoes all of it and is idempotent.
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
@@ -195,20 +194,12 @@ def start_pause_process(ns_dir: Path) -> None:
 
 def pod_down(pod: str) -> int:
     pod_dir = sandboxes_dir() / pod
-    try:
-        plan = load_plan(pod)
-    except FileNotFoundError:
-        plan = None
     # Before the netns goes: bridge's DEL needs it to find the pod's addresses.
     network_ok = detach_network(pod)
-    for ns in ("pid", "net", "ipc", "uts"):
-        _unmount(pod_dir / "ns" / ns)
-    _unmount(pod_dir / "shm")
-    for volume in plan["volumes"] if plan else []:
-        if volume["kind"] == "memory":
-            _unmount(Path(volume["path"]))
-    for app_dir in (pod_dir / "apps").glob("*"):
-        unmount_tree(app_dir / "shared")  # staged bidirectional volumes
+    # Everything pod-up and the apps' stage1 mounted in the host's namespace lives
+    # below the pod's runtime dir: namespace pins, /dev/shm, memory volumes, and
+    # the staged bidirectional volumes.
+    unmount_tree(pod_dir)
     for path in (pod_dir / "ns", pod_dir / "shm", pod_dir / "volumes"):
         remove_tree(str(path))
     return 0 if network_ok else 1
@@ -230,14 +221,3 @@ def detach_network(pod: str) -> bool:
         print(f"podunit-stage1: pod {pod}: {exc} (podunit gc retries)", file=sys.stderr)
         return False
     return True
-
-
-def _unmount(path: Path) -> None:
-    """Detach every mount stacked on `path`; a missing mount is not an error."""
-    for _ in range(16):
-        try:
-            sc.umount(str(path), sc.MNT_DETACH | sc.UMOUNT_NOFOLLOW)
-        except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.ENOENT):
-                return
-            raise
