@@ -34,7 +34,13 @@ from typing import IO, Any
 from podunit.errors import ImageError, IntegrityError
 from podunit.images.compress import OCI_LAYER
 from podunit.images.digest import MAX_JSON_SIZE, Descriptor, check_digest, parse_json_object
-from podunit.images.oci import DOCKER_CONFIG, DOCKER_MANIFEST, open_archive, parse_config
+from podunit.images.oci import (
+    DOCKER_CONFIG,
+    DOCKER_MANIFEST,
+    open_archive,
+    open_member,
+    parse_config,
+)
 from podunit.images.reference import ImageReference, ReferenceError, parse_registry_name
 
 LAYER_TYPES = {"none": OCI_LAYER, "gzip": OCI_LAYER + "+gzip", "zstd": OCI_LAYER + "+zstd"}
@@ -89,14 +95,7 @@ class DockerArchive:
     # ---- reading members ----------------------------------------------------------
 
     def _open(self, name: str) -> IO[bytes]:
-        member = self._members.get(_member_name(name))
-        if member is None:
-            raise ImageError(f"{self.description}: {name} is missing from the archive")
-        if not member.isreg():
-            raise ImageError(f"{self.description}: {name} is not a regular file in the archive")
-        f = self._tf.extractfile(member)
-        assert f is not None  # regular members always have a file object
-        return f
+        return open_member(self._tf, self._members.get(_member_name(name)), name, self.description)
 
     def _read_small(self, name: str) -> bytes:
         with self._open(name) as f:

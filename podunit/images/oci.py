@@ -145,14 +145,7 @@ class LayoutArchive:
             _check_layout_file(f.read(4096), self.description)
 
     def _open(self, name: str) -> IO[bytes]:
-        member = self._members.get(name)
-        if member is None:
-            raise ImageError(f"{self.description}: {name} is missing from the archive")
-        if not member.isreg():
-            raise ImageError(f"{self.description}: {name} is not a regular file in the archive")
-        f = self._tf.extractfile(member)
-        assert f is not None  # regular members always have a file object
-        return f
+        return open_member(self._tf, self._members.get(name), name, self.description)
 
     def read_index(self) -> bytes:
         with self._open("index.json") as f:
@@ -173,6 +166,20 @@ def open_source(ref: ImageReference) -> Iterator[BlobSource]:
         raise ImageError(f"{ref}: the {ref.transport} transport is not supported yet")
     with open_archive(ref, path) as tf:
         yield LayoutArchive(path, tf)
+
+
+def open_member(
+    tf: tarfile.TarFile, member: tarfile.TarInfo | None, name: str, description: str
+) -> IO[bytes]:
+    """A regular file of an image archive; anything else (missing, link,
+    device) is refused: archives are hostile."""
+    if member is None:
+        raise ImageError(f"{description}: {name} is missing from the archive")
+    if not member.isreg():
+        raise ImageError(f"{description}: {name} is not a regular file in the archive")
+    f = tf.extractfile(member)
+    assert f is not None  # regular members always have a file object
+    return f
 
 
 @contextlib.contextmanager
